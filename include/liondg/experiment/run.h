@@ -1,0 +1,52 @@
+#pragma once
+// One training run end to end: data -> model -> init -> trainer -> run directory.
+//
+// The run directory holds config.json (every resolved option and versions),
+// metrics.csv (one row per step, written as training goes), summary.json and
+// model.pt (loadable with torch::load into the same model).
+
+#include <liondg/data/dataset.h>
+#include <liondg/models/registry.h>
+#include <liondg/train/trainer.h>
+
+#include <cstdio>
+#include <map>
+#include <string>
+
+namespace liondg {
+
+struct RunConfig {
+  ModelSpec model;                   // num_classes / in_channels are taken from the data
+  std::string init = "lion-dg";      // he | xavier | lion-dg
+  std::string dataset = "fashion-mnist";
+  std::string data_path;             // "" = the data set's default location
+  SyntheticOptions synthetic;        // for dataset "synthetic"
+  TrainOptions train;
+  uint64_t seed = 42;                // model initialization and data order
+  std::string out_dir = "runs/run";
+  int threads = 0;                   // intra-op threads; 0 = all cores
+  bool save_model = true;
+  bool overwrite = false;            // allow reusing a directory that holds a finished run
+  std::FILE* progress = nullptr;     // progress output (nullptr = silent)
+  bool progress_interactive = false;
+};
+
+struct RunResult {
+  TrainSummary summary;
+  std::map<std::string, int64_t> parameter_counts;
+  double init_seconds = 0;
+  std::string out_dir;
+};
+
+/// Runs one configuration and writes its run directory. Throws UsageError for
+/// bad options and DataError for data or output problems; files written before
+/// a failure stay valid (summary.json then records status "failed").
+RunResult run_experiment(const RunConfig& config);
+
+/// Sets libtorch's intra-op thread count (0 = hardware concurrency).
+void set_threads(int threads);
+
+/// Library, libtorch and git versions as "key: value" pairs.
+std::map<std::string, std::string> version_info();
+
+}  // namespace liondg

@@ -1,0 +1,82 @@
+#pragma once
+// DenseNet-DS: the paper's compact DenseNet with deep supervision.
+//
+//   stem Conv3x3 -> [dense block 1] -> transition -> [dense block 2] -> transition
+//   -> [dense block 3] -> BN-ReLU -> GAP -> Linear (main head)
+//   dense layer: BN-ReLU-Conv3x3(growth), its output concatenated to its input
+//   transition:  BN-ReLU-Conv1x1(floor(C * compression)) -> AvgPool 2x2
+//   auxiliary heads (GAP -> Linear) read the outputs of blocks 1 and 2.
+
+#include <liondg/models/ds_model.h>
+
+#include <torch/nn/modules/batchnorm.h>
+#include <torch/nn/modules/conv.h>
+
+namespace liondg {
+
+struct DenseNetDSOptions {
+  explicit DenseNetDSOptions(int64_t num_classes) : num_classes_(num_classes) {}
+  TORCH_ARG(int64_t, num_classes);
+  TORCH_ARG(int64_t, in_channels) = 3;
+  TORCH_ARG(int64_t, growth_rate) = 12;
+  /// Output channels of the stem convolution (the paper: 24 = 2 x growth rate).
+  TORCH_ARG(int64_t, stem_channels) = 24;
+  /// Dense layers per block; the number of entries is the number of blocks.
+  TORCH_ARG(std::vector<int64_t>, block_layers) = std::vector<int64_t>{6, 6, 6};
+  /// Channel compression of each transition layer (0 < c <= 1).
+  TORCH_ARG(double, compression) = 0.5;
+  /// 1-based indices of the blocks whose output an auxiliary head reads
+  /// (the last block feeds the main head and cannot carry an auxiliary head).
+  TORCH_ARG(std::vector<int64_t>, aux_after_blocks) = std::vector<int64_t>{1, 2};
+  /// Hidden width of the auxiliary heads (0 = GAP -> Linear, as in the paper).
+  TORCH_ARG(int64_t, aux_hidden) = 0;
+};
+
+/// One dense layer: BN-ReLU-Conv3x3 producing `growth` new channels.
+class DenseLayerImpl : public torch::nn::Module {
+ public:
+  DenseLayerImpl(int64_t in_channels, int64_t growth);
+  // x: (N,C_in,H,W) -> new features (N,growth,H,W)
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  torch::nn::BatchNorm2d norm_{nullptr};
+  torch::nn::Conv2d conv_{nullptr};
+};
+TORCH_MODULE(DenseLayer);
+
+/// Transition: BN-ReLU-Conv1x1 then 2x2 average pooling.
+class TransitionImpl : public torch::nn::Module {
+ public:
+  TransitionImpl(int64_t in_channels, int64_t out_channels);
+  // x: (N,C_in,H,W) -> (N,C_out,H/2,W/2)
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  torch::nn::BatchNorm2d norm_{nullptr};
+  torch::nn::Conv2d conv_{nullptr};
+};
+TORCH_MODULE(Transition);
+
+class DenseNetDSImpl : public DSModelImpl {
+ public:
+  explicit DenseNetDSImpl(const DenseNetDSOptions& options);
+  // x: (N,C,H,W) -> main logits (N,K), aux logits [(N,K)] (one per aux head)
+  DSOutput forward(const torch::Tensor& x) override;
+  /// Backbone only: the final BN-ReLU features (N,C_final,H',W'); records taps "block<i>".
+  torch::Tensor features(const torch::Tensor& x, Taps& taps);
+  /// Channels at the output of each dense block.
+  const std::vector<int64_t>& block_channels() const { return block_channels_; }
+
+  DenseNetDSOptions options;
+
+ private:
+  torch::nn::Conv2d stem_{nullptr};
+  std::vector<std::vector<DenseLayer>> blocks_;
+  std::vector<Transition> transitions_;
+  torch::nn::BatchNorm2d final_norm_{nullptr};
+  std::vector<int64_t> block_channels_;
+};
+TORCH_MODULE(DenseNetDS);
+
+}  // namespace liondg

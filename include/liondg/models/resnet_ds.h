@@ -1,0 +1,62 @@
+#pragma once
+// ResNet-DS: a CIFAR-style ResNet with side-tap auxiliary heads.
+//
+//   stem Conv3x3-BN-ReLU -> stage 1 -> stage 2 -> stage 3 -> GAP -> Linear (main head)
+//   stage s: blocks_per_stage[s] basic blocks of width widths[s]; the first block of
+//   stages after the first halves the resolution (1x1 conv + BN projection shortcut).
+//   Auxiliary heads (GAP -> Linear) are side-taps: they read a stage's output and
+//   their result never enters the residual stream.
+
+#include <liondg/models/ds_model.h>
+
+#include <torch/nn/modules/batchnorm.h>
+#include <torch/nn/modules/conv.h>
+
+namespace liondg {
+
+struct ResNetDSOptions {
+  explicit ResNetDSOptions(int64_t num_classes) : num_classes_(num_classes) {}
+  TORCH_ARG(int64_t, num_classes);
+  TORCH_ARG(int64_t, in_channels) = 3;
+  /// Width of each stage; the number of entries is the number of stages.
+  TORCH_ARG(std::vector<int64_t>, widths) = std::vector<int64_t>{16, 32, 64};
+  /// Basic blocks in each stage (same length as widths).
+  TORCH_ARG(std::vector<int64_t>, blocks_per_stage) = std::vector<int64_t>{3, 3, 3};
+  /// 1-based indices of the stages whose output an auxiliary head reads.
+  TORCH_ARG(std::vector<int64_t>, aux_after_stages) = std::vector<int64_t>{1, 2};
+  TORCH_ARG(int64_t, aux_hidden) = 0;
+};
+
+/// Basic residual block: relu(BN(conv(relu(BN(conv(x))))) + shortcut(x)).
+class BasicBlockImpl : public torch::nn::Module {
+ public:
+  BasicBlockImpl(int64_t in_channels, int64_t out_channels, int64_t stride);
+  // x: (N,C_in,H,W) -> (N,C_out,H/stride,W/stride)
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  torch::nn::Conv2d conv1_{nullptr}, conv2_{nullptr};
+  torch::nn::BatchNorm2d bn1_{nullptr}, bn2_{nullptr};
+  torch::nn::Conv2d shortcut_conv_{nullptr};
+  torch::nn::BatchNorm2d shortcut_bn_{nullptr};
+};
+TORCH_MODULE(BasicBlock);
+
+class ResNetDSImpl : public DSModelImpl {
+ public:
+  explicit ResNetDSImpl(const ResNetDSOptions& options);
+  // x: (N,C,H,W) -> main logits (N,K), aux logits [(N,K)]
+  DSOutput forward(const torch::Tensor& x) override;
+  /// Backbone only: final stage output (N,C_last,H',W'); records taps "stage<i>".
+  torch::Tensor features(const torch::Tensor& x, Taps& taps);
+
+  ResNetDSOptions options;
+
+ private:
+  torch::nn::Conv2d stem_conv_{nullptr};
+  torch::nn::BatchNorm2d stem_bn_{nullptr};
+  std::vector<std::vector<BasicBlock>> stages_;
+};
+TORCH_MODULE(ResNetDS);
+
+}  // namespace liondg

@@ -1,0 +1,110 @@
+#pragma once
+// The paper's training protocol: AdamW on L = L_main + alpha * sum_k L_aux_k,
+// with per-step records, periodic gradient diagnostics and validation.
+
+#include <liondg/data/batcher.h>
+#include <liondg/data/dataset.h>
+#include <liondg/models/ds_model.h>
+
+#include <torch/arg.h>
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace liondg {
+
+struct TrainOptions {
+  TORCH_ARG(int64_t, steps) = 3000;
+  TORCH_ARG(int64_t, batch_size) = 128;
+  TORCH_ARG(double, lr) = 1e-3;
+  TORCH_ARG(double, beta1) = 0.9;
+  TORCH_ARG(double, beta2) = 0.999;
+  TORCH_ARG(double, eps) = 1e-8;
+  TORCH_ARG(double, weight_decay) = 0.05;
+  /// alpha in L = L_main + alpha * sum_k L_aux_k.
+  TORCH_ARG(double, aux_weight) = 0.3;
+  /// Steps to target: first step whose mean main-head training accuracy over the
+  /// last `target_window` batches reaches `target_acc` (window must be full).
+  TORCH_ARG(double, target_acc) = 0.70;
+  TORCH_ARG(int64_t, target_window) = 50;
+  /// Gradient diagnostics every K steps (0 = never).
+  TORCH_ARG(int64_t, grad_every) = 10;
+  /// Validation of every head every E steps (0 = only at the end).
+  TORCH_ARG(int64_t, eval_every) = 500;
+  TORCH_ARG(int64_t, eval_batch_size) = 256;
+  TORCH_ARG(bool, hflip) = true;
+  /// Seed of the data order and augmentation (model init is seeded by the caller).
+  TORCH_ARG(uint64_t, seed) = 42;
+  /// Stop as soon as the target is reached (the paper trains the full budget).
+  TORCH_ARG(bool, stop_at_target) = false;
+};
+
+/// What one training step records. Gradient fields are NaN on steps without diagnostics.
+struct StepRecord {
+  int64_t step = 0;  // 1-based
+  double loss = 0;   // L_main + alpha * sum L_aux
+  double main_loss = 0;
+  std::vector<double> aux_losses;
+  double main_acc = 0;  // batch accuracy of the main head
+  std::vector<double> aux_accs;
+  double window_acc = 0;  // mean main accuracy over the last target_window steps (so far)
+  double grad_main_norm = NAN;  // ||d L_main / d theta_backbone||_2
+  double grad_aux_norm = NAN;   // ||d (alpha sum L_aux) / d theta_backbone||_2
+  double grad_ratio = NAN;      // grad_aux_norm / grad_main_norm
+  std::vector<double> aux_weight_norms;  // Frobenius norm of each aux head's last-layer weight (diag steps)
+  double seconds = 0;  // wall time of this step
+};
+
+/// Validation of every head on the evaluation split.
+struct EvalRecord {
+  int64_t step = 0;
+  double main_acc = 0;
+  double main_loss = 0;
+  std::vector<double> aux_accs;
+};
+
+struct TrainSummary {
+  std::string status = "completed";  // completed | diverged
+  std::string diverged_reason;       // which loss / gradient was not finite, at which step
+  int64_t steps_run = 0;
+  std::optional<int64_t> steps_to_target;
+  EvalRecord final_eval;
+  double final_train_window_acc = 0;
+  double wall_seconds = 0;   // whole train() call
+  double train_seconds = 0;  // training steps only
+  double eval_seconds = 0;   // periodic and final validation
+  bool converged() const { return steps_to_target.has_value(); }
+};
+
+/// Receives records as they are produced (e.g. a CSV writer, a progress line).
+class RecordSink {
+ public:
+  virtual ~RecordSink() = default;
+  virtual void on_step(const StepRecord& /*record*/) {}
+  virtual void on_eval(const EvalRecord& /*record*/) {}
+};
+
+/// Evaluates every head on `split` in inference mode (batch statistics frozen).
+EvalRecord evaluate(DSModelImpl& model, const Dataset& split, const ChannelStats& stats, int64_t batch_size);
+
+/// Trains `model` (already initialized) on `data.train`, validating on `data.test`.
+/// Normalization uses the training split's per-channel statistics.
+TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOptions& options,
+                   const std::vector<RecordSink*>& sinks = {});
+
+/// Gradient diagnostics at the model's current parameters on one batch:
+/// backbone gradient norms of L_main and alpha * sum L_aux, as separate
+/// torch::autograd::grad calls. Leaves parameter .grad untouched.
+struct GradientProbe {
+  double main_norm = 0;
+  double aux_norm = 0;
+  double backbone_aux_max_abs = 0;  // max |d(alpha sum L_aux)/d theta| over backbone parameters
+  double head_aux_max_abs = 0;      // same over auxiliary-head parameters
+};
+GradientProbe probe_gradients(DSModelImpl& model, const torch::Tensor& images, const torch::Tensor& labels,
+                              double aux_weight);
+
+}  // namespace liondg

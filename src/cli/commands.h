@@ -1,0 +1,27 @@
+#pragma once
+// Subcommands of the liondg tool. Each `add_*` registers a subcommand whose
+// callback runs it and stores its exit status in `status`; errors are thrown
+// and mapped to exit codes by main (2 usage, 1 runtime, 3 diverged).
+
+#include <liondg/data/dataset.h>
+#include <liondg/models/registry.h>
+
+#include <CLI/CLI.hpp>
+
+namespace liondg::cli {
+
+constexpr int kExitOk = 0;
+constexpr int kExitRuntime = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitDiverged = 3;
+
+void add_train_command(CLI::App& app, int& status);
+void add_verify_command(CLI::App& app, int& status);
+
+/// Registers the model-shape options shared by every command that builds a model.
+void add_model_options(CLI::App& cmd, ModelSpec& spec);
+
+/// Registers --dataset, --data and the synthetic data set's options.
+void add_data_options(CLI::App& cmd, std::string& dataset, std::string& path, SyntheticOptions& synthetic);
+
+}  // namespace liondg::cli

@@ -1,0 +1,162 @@
+// `liondg train`: one training run with the paper's protocol.
+
+#include "cli/commands.h"
+
+#include <liondg/data/dataset.h>
+#include <liondg/experiment/run.h>
+#include <liondg/init/init.h>
+#include <liondg/train/progress.h>
+
+#include <nlohmann/json.hpp>
+
+#include <iostream>
+
+namespace liondg::cli {
+
+void add_model_options(CLI::App& cmd, ModelSpec& spec) {
+  cmd.add_option("--model", spec.name, "Model architecture")
+      ->check(CLI::IsMember(model_names()))
+      ->capture_default_str();
+  cmd.add_option("--growth-rate", spec.growth_rate, "DenseNet-DS growth rate")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd.add_option("--block-layers", spec.block_layers, "DenseNet-DS layers per dense block, e.g. 6,6,6")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd.add_option("--compression", spec.compression, "DenseNet-DS transition compression in (0, 1]")
+      ->check(CLI::Range(1e-9, 1.0))
+      ->capture_default_str();
+  cmd.add_option("--widths", spec.widths, "ResNet-DS stage widths, e.g. 16,32,64")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd.add_option("--blocks-per-stage", spec.blocks_per_stage, "ResNet-DS basic blocks per stage, e.g. 3,3,3")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd.add_option("--aux-after", spec.aux_after,
+                 "1-based blocks (DenseNet-DS) or stages (ResNet-DS) whose output an auxiliary head reads")
+      ->delimiter(',')
+      ->capture_default_str();
+  cmd.add_option("--aux-hidden", spec.aux_hidden, "Hidden width of auxiliary heads (0 = GAP + linear)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+}
+
+void add_data_options(CLI::App& cmd, std::string& dataset, std::string& path, SyntheticOptions& syn) {
+  cmd.add_option("--dataset", dataset, "Data set")->check(CLI::IsMember(dataset_names()))->capture_default_str();
+  cmd.add_option("--data", path,
+                 "Directory of the data set's official files (default: the data set's standard location; "
+                 "fashion-mnist: /usr/share/datasets/fashion-mnist)");
+  cmd.add_option("--synthetic-train-size", syn.train_size, "Synthetic data: training images")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd.add_option("--synthetic-test-size", syn.test_size, "Synthetic data: test images")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd.add_option("--synthetic-image-size", syn.height, "Synthetic data: image height = width")
+      ->check(CLI::Range(int64_t{4}, int64_t{1024}))
+      ->capture_default_str();
+  cmd.add_option("--synthetic-channels", syn.channels, "Synthetic data: channels")
+      ->check(CLI::Range(int64_t{1}, int64_t{64}))
+      ->capture_default_str();
+  cmd.add_option("--synthetic-classes", syn.num_classes, "Synthetic data: classes")
+      ->check(CLI::Range(int64_t{2}, int64_t{1000}))
+      ->capture_default_str();
+}
+
+void add_train_command(CLI::App& app, int& status) {
+  auto* cmd = app.add_subcommand("train", "Train one deeply-supervised model with the paper's protocol");
+  auto config = std::make_shared<RunConfig>();
+  auto opts = std::make_shared<TrainOptions>();
+  auto flags = std::make_shared<std::tuple<bool, bool, bool, bool>>();  // no_hflip, quiet, json, no_save
+
+  add_model_options(*cmd, config->model);
+  cmd->add_option("--init", config->init, "Initialization policy")
+      ->check(CLI::IsMember(init_policy_names()))
+      ->capture_default_str();
+  add_data_options(*cmd, config->dataset, config->data_path, config->synthetic);
+  cmd->add_option("--steps", opts->steps(), "Training steps")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--batch-size", opts->batch_size(), "Batch size")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--seed", config->seed, "Seed of model initialization and data order")->capture_default_str();
+  cmd->add_option("--lr", opts->lr(), "AdamW learning rate")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--beta1", opts->beta1(), "AdamW beta1")->check(CLI::Range(0.0, 0.999999))->capture_default_str();
+  cmd->add_option("--beta2", opts->beta2(), "AdamW beta2")->check(CLI::Range(0.0, 0.999999999))->capture_default_str();
+  cmd->add_option("--weight-decay", opts->weight_decay(), "AdamW decoupled weight decay")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--aux-weight", opts->aux_weight(), "alpha in L = L_main + alpha * sum L_aux")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--target-acc", opts->target_acc(), "Training-accuracy target for steps-to-target")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  cmd->add_option("--target-window", opts->target_window(), "Batches averaged for the target accuracy")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--grad-every", opts->grad_every(), "Gradient diagnostics every K steps (0 = off)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--eval-every", opts->eval_every(), "Validation every E steps (0 = only at the end)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--eval-batch-size", opts->eval_batch_size(), "Batch size of validation")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_flag("--no-hflip", std::get<0>(*flags), "Disable random horizontal flips");
+  cmd->add_flag("--stop-at-target", opts->stop_at_target(), "Stop as soon as the target accuracy is reached");
+  cmd->add_option("--out", config->out_dir, "Run directory (default: runs/<model>-<init>-<dataset>-s<seed>)");
+  cmd->add_flag("--overwrite", config->overwrite, "Allow an --out directory that holds a finished run");
+  cmd->add_option("--threads", config->threads, "Intra-op CPU threads (0 = all cores)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_flag("--quiet", std::get<1>(*flags), "No progress output");
+  cmd->add_flag("--json", std::get<2>(*flags), "Print summary.json to stdout at the end");
+  cmd->add_flag("--no-save-model", std::get<3>(*flags), "Do not write model.pt");
+  config->out_dir.clear();
+
+  cmd->callback([config, opts, flags, &status]() {
+    RunConfig c = *config;
+    const auto [no_hflip, quiet, as_json, no_save] = *flags;
+    c.train = *opts;
+    c.train.hflip(!no_hflip);
+    c.save_model = !no_save;
+    c.synthetic.width = c.synthetic.height;
+    if (c.out_dir.empty()) {
+      c.out_dir = "runs/" + c.model.name + "-" + c.init + "-" + c.dataset + "-s" + std::to_string(c.seed);
+    }
+    if (!quiet) {
+      c.progress = stderr;
+      c.progress_interactive = ProgressPrinter::is_terminal(stderr);
+    }
+    const RunResult r = run_experiment(c);
+    const TrainSummary& s = r.summary;
+    if (as_json) {
+      std::ifstream in(r.out_dir + "/summary.json");
+      std::cout << in.rdbuf();
+    } else {
+      std::cout << "run directory: " << r.out_dir << "\n"
+                << "status: " << s.status << (s.diverged_reason.empty() ? "" : " (" + s.diverged_reason + ")") << "\n"
+                << "parameters: " << r.parameter_counts.at("total") << " (backbone "
+                << r.parameter_counts.at("backbone") << ", main head " << r.parameter_counts.at("main_head")
+                << ", aux heads " << r.parameter_counts.at("aux_heads") << ")\n"
+                << "steps to target: "
+                << (s.steps_to_target ? std::to_string(*s.steps_to_target) : std::string("not reached")) << "\n";
+      if (s.status == "completed") {
+        std::cout << "final val acc: " << s.final_eval.main_acc << " (main)";
+        for (size_t k = 0; k < s.final_eval.aux_accs.size(); ++k) {
+          std::cout << ", " << s.final_eval.aux_accs[k] << " (aux " << k << ")";
+        }
+        std::cout << "\n";
+      }
+      std::cout << "wall time: " << s.wall_seconds << " s (init " << r.init_seconds << " s)\n";
+    }
+    if (s.status == "diverged") {
+      std::cerr << "error: run diverged: " << s.diverged_reason << "; results so far are in " << r.out_dir << "\n";
+      status = kExitDiverged;
+    }
+  });
+}
+
+}  // namespace liondg::cli

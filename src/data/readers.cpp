@@ -1,0 +1,293 @@
+// File readers: IDX (MNIST, Fashion-MNIST), CIFAR-10/100 binary, synthetic data.
+
+#include <liondg/data/dataset.h>
+#include <liondg/errors.h>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <zlib.h>
+
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <sys/stat.h>
+
+namespace liondg {
+namespace {
+
+constexpr int64_t kCifarImageBytes = 3 * 32 * 32;
+constexpr uint8_t kIdxUnsignedByte = 0x08;
+
+bool file_exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+bool dir_exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+std::string join(const std::string& dir, const std::string& name) {
+  if (dir.empty() || dir.back() == '/') return dir + name;
+  return dir + "/" + name;
+}
+
+// Whole file contents; gzip-compressed files are decompressed transparently
+// (zlib's gz* functions read plain files as they are).
+std::vector<uint8_t> read_all(const std::string& path) {
+  if (!file_exists(path)) throw DataError("cannot open '" + path + "': no such file");
+  gzFile f = gzopen(path.c_str(), "rb");
+  if (f == nullptr) throw DataError("cannot open '" + path + "': " + std::strerror(errno));
+  std::vector<uint8_t> out;
+  std::vector<uint8_t> chunk(1 << 20);
+  while (true) {
+    const int n = gzread(f, chunk.data(), static_cast<unsigned>(chunk.size()));
+    if (n < 0) {
+      int code = 0;
+      std::string msg = gzerror(f, &code);
+      gzclose(f);
+      throw DataError("cannot read '" + path + "': corrupt or truncated compressed data (" + msg + ")");
+    }
+    if (n == 0) break;
+    out.insert(out.end(), chunk.begin(), chunk.begin() + n);
+  }
+  // A gzip stream that ends early is reported by gzclose as Z_BUF_ERROR.
+  const int rc = gzclose(f);
+  if (rc != Z_OK) throw DataError("cannot read '" + path + "': truncated compressed data (gzip stream ends early)");
+  return out;
+}
+
+torch::Tensor bytes_to_tensor(const uint8_t* data, std::vector<int64_t> shape) {
+  return torch::from_blob(const_cast<uint8_t*>(data), shape, torch::kUInt8).clone();
+}
+
+// First existing of `name` and `name.gz` in `dir`.
+std::string find_with_gz(const std::string& dir, const std::string& name) {
+  for (const std::string& candidate : {join(dir, name), join(dir, name + ".gz")}) {
+    if (file_exists(candidate)) return candidate;
+  }
+  throw DataError("missing file '" + join(dir, name) + "' (or '" + name + ".gz') in data directory '" + dir + "'");
+}
+
+std::vector<std::string> read_lines(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<std::string> lines;
+  std::string line;
+  while (std::getline(in, line)) {
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+    if (!line.empty()) lines.push_back(line);
+  }
+  return lines;
+}
+
+void check_labels(const torch::Tensor& labels, int64_t num_classes, const std::string& path) {
+  if (labels.numel() == 0) return;
+  const int64_t max_label = labels.max().item<int64_t>();
+  if (max_label >= num_classes) {
+    throw DataError("'" + path + "': label " + std::to_string(max_label) + " out of range; expected labels in [0, " +
+                    std::to_string(num_classes) + ")");
+  }
+}
+
+std::vector<std::string> numbered_names(int64_t n) {
+  std::vector<std::string> names;
+  for (int64_t i = 0; i < n; ++i) names.push_back(std::to_string(i));
+  return names;
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------ IDX
+
+torch::Tensor read_idx(const std::string& path) {
+  const std::vector<uint8_t> bytes = read_all(path);
+  if (bytes.size() < 4) throw DataError("'" + path + "' is not an IDX file: shorter than its 4-byte header");
+  if (bytes[0] != 0 || bytes[1] != 0) {
+    std::ostringstream msg;
+    msg << "'" << path << "' is not an IDX file: bad magic number (first bytes 0x" << std::hex << int(bytes[0])
+        << " 0x" << int(bytes[1]) << ", expected 0x0 0x0)";
+    throw DataError(msg.str());
+  }
+  if (bytes[2] != kIdxUnsignedByte) {
+    throw DataError("'" + path + "': unsupported IDX data type 0x" + std::to_string(bytes[2]) +
+                    "; expected 0x08 (unsigned byte)");
+  }
+  const int ndims = bytes[3];
+  if (ndims < 1 || ndims > 4) {
+    throw DataError("'" + path + "': IDX header declares " + std::to_string(ndims) + " dimensions; expected 1 to 4");
+  }
+  const size_t header = 4 + 4 * static_cast<size_t>(ndims);
+  if (bytes.size() < header) throw DataError("'" + path + "': truncated IDX header");
+  std::vector<int64_t> shape;
+  int64_t count = 1;
+  for (int d = 0; d < ndims; ++d) {
+    const uint8_t* p = bytes.data() + 4 + 4 * d;
+    const int64_t dim = (int64_t(p[0]) << 24) | (int64_t(p[1]) << 16) | (int64_t(p[2]) << 8) | int64_t(p[3]);
+    shape.push_back(dim);
+    count *= dim;
+    if (count > (int64_t(1) << 36)) throw DataError("'" + path + "': IDX dimensions are implausibly large");
+  }
+  const int64_t payload = static_cast<int64_t>(bytes.size() - header);
+  if (payload != count) {
+    throw DataError("'" + path + "': " + (payload < count ? "truncated" : "oversized") + " IDX file: header declares " +
+                    std::to_string(count) + " data bytes, file holds " + std::to_string(payload));
+  }
+  return bytes_to_tensor(bytes.data() + header, shape);
+}
+
+Dataset read_idx_split(const std::string& images_path, const std::string& labels_path, int64_t num_classes) {
+  torch::Tensor images = read_idx(images_path);
+  torch::Tensor labels = read_idx(labels_path);
+  if (images.dim() != 3) {
+    throw DataError("'" + images_path + "': expected an IDX image file with 3 dimensions (N,H,W), found " +
+                    std::to_string(images.dim()));
+  }
+  if (labels.dim() != 1) {
+    throw DataError("'" + labels_path + "': expected an IDX label file with 1 dimension, found " +
+                    std::to_string(labels.dim()));
+  }
+  if (images.size(0) != labels.size(0)) {
+    throw DataError("'" + images_path + "' holds " + std::to_string(images.size(0)) + " images but '" + labels_path +
+                    "' holds " + std::to_string(labels.size(0)) + " labels");
+  }
+  Dataset d;
+  d.images = images.unsqueeze(1).contiguous();
+  d.labels = labels.to(torch::kInt64);
+  check_labels(d.labels, num_classes, labels_path);
+  return d;
+}
+
+// ------------------------------------------------------------------ CIFAR
+
+Dataset read_cifar10_binary(const std::vector<std::string>& files) {
+  std::vector<torch::Tensor> images, labels;
+  constexpr int64_t kRecord = 1 + kCifarImageBytes;
+  for (const auto& path : files) {
+    const std::vector<uint8_t> bytes = read_all(path);
+    if (bytes.empty() || bytes.size() % kRecord != 0) {
+      throw DataError("'" + path + "': not a CIFAR-10 binary batch: size " + std::to_string(bytes.size()) +
+                      " bytes is not a positive multiple of the " + std::to_string(kRecord) + "-byte record");
+    }
+    const int64_t n = static_cast<int64_t>(bytes.size()) / kRecord;
+    torch::Tensor raw = bytes_to_tensor(bytes.data(), {n, kRecord});
+    labels.push_back(raw.select(1, 0).to(torch::kInt64));
+    images.push_back(raw.narrow(1, 1, kCifarImageBytes).reshape({n, 3, 32, 32}));
+    check_labels(labels.back(), 10, path);
+  }
+  Dataset d;
+  d.images = torch::cat(images, 0).contiguous();
+  d.labels = torch::cat(labels, 0);
+  return d;
+}
+
+Dataset read_cifar100_binary(const std::string& path) {
+  constexpr int64_t kRecord = 2 + kCifarImageBytes;
+  const std::vector<uint8_t> bytes = read_all(path);
+  if (bytes.empty() || bytes.size() % kRecord != 0) {
+    throw DataError("'" + path + "': not a CIFAR-100 binary file: size " + std::to_string(bytes.size()) +
+                    " bytes is not a positive multiple of the " + std::to_string(kRecord) + "-byte record");
+  }
+  const int64_t n = static_cast<int64_t>(bytes.size()) / kRecord;
+  torch::Tensor raw = bytes_to_tensor(bytes.data(), {n, kRecord});
+  Dataset d;
+  d.coarse_labels = raw.select(1, 0).to(torch::kInt64);
+  d.labels = raw.select(1, 1).to(torch::kInt64);
+  d.images = raw.narrow(1, 2, kCifarImageBytes).reshape({n, 3, 32, 32}).contiguous();
+  check_labels(d.coarse_labels, 20, path);
+  check_labels(d.labels, 100, path);
+  return d;
+}
+
+// ------------------------------------------------------------------ synthetic
+
+DataSource make_synthetic(const SyntheticOptions& o) {
+  TORCH_CHECK_VALUE(o.num_classes >= 2, "synthetic: num_classes must be >= 2, got ", o.num_classes);
+  TORCH_CHECK_VALUE(o.channels > 0 && o.height >= 4 && o.width >= 4, "synthetic: bad image shape (", o.channels, ",",
+                    o.height, ",", o.width, ")");
+  TORCH_CHECK_VALUE(o.train_size >= o.num_classes && o.test_size >= o.num_classes,
+                    "synthetic: train_size and test_size must be >= num_classes");
+  auto gen = at::detail::createCPUGenerator(o.seed);
+  // One smooth pattern per class: coarse 4x4 noise upsampled to (H,W).
+  torch::Tensor coarse = at::randn({o.num_classes, o.channels, 4, 4}, gen);
+  torch::Tensor templates = torch::upsample_bilinear2d(coarse, {o.height, o.width}, /*align_corners=*/false);
+  templates = 128.0 + 50.0 * templates;  // (K,C,H,W) in pixel units
+  auto make_split = [&](int64_t n) {
+    Dataset d;
+    d.labels = torch::arange(n, torch::kInt64).remainder(o.num_classes);
+    torch::Tensor noise = at::randn({n, o.channels, o.height, o.width}, gen) * o.noise;
+    d.images = (templates.index_select(0, d.labels) + noise).round().clamp(0, 255).to(torch::kUInt8).contiguous();
+    return d;
+  };
+  DataSource src;
+  src.name = "synthetic";
+  src.format = "synthetic";
+  src.class_names = numbered_names(o.num_classes);
+  src.train = make_split(o.train_size);
+  src.test = make_split(o.test_size);
+  return src;
+}
+
+// ------------------------------------------------------------------ by name
+
+const std::vector<std::string>& dataset_names() {
+  static const std::vector<std::string> kNames{"fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic"};
+  return kNames;
+}
+
+std::string default_data_path(const std::string& name) {
+  if (name == "fashion-mnist") return "/usr/share/datasets/fashion-mnist";
+  return "";
+}
+
+DataSource load_dataset(const std::string& name, const std::string& path_in, const SyntheticOptions& synthetic) {
+  if (name == "synthetic") return make_synthetic(synthetic);
+  if (std::find(dataset_names().begin(), dataset_names().end(), name) == dataset_names().end()) {
+    std::string known;
+    for (const auto& n : dataset_names()) known += (known.empty() ? "" : ", ") + n;
+    throw UsageError("unknown dataset '" + name + "'; expected one of: " + known);
+  }
+  const std::string path = path_in.empty() ? default_data_path(name) : path_in;
+  if (path.empty()) throw UsageError("dataset '" + name + "' has no default location; pass --data DIR");
+  if (!dir_exists(path)) {
+    throw DataError("data directory '" + path + "' for dataset '" + name + "' does not exist" +
+                    (name == "fashion-mnist" ? " (install the Debian package dataset-fashion-mnist)" : ""));
+  }
+  DataSource src;
+  src.name = name;
+  src.path = path;
+  if (name == "fashion-mnist" || name == "mnist") {
+    src.format = "idx";
+    src.class_names = name == "mnist" ? numbered_names(10)
+                                      : std::vector<std::string>{"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                                                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"};
+    src.train = read_idx_split(find_with_gz(path, "train-images-idx3-ubyte"),
+                               find_with_gz(path, "train-labels-idx1-ubyte"), 10);
+    src.test = read_idx_split(find_with_gz(path, "t10k-images-idx3-ubyte"),
+                              find_with_gz(path, "t10k-labels-idx1-ubyte"), 10);
+  } else if (name == "cifar10") {
+    const std::string dir = dir_exists(join(path, "cifar-10-batches-bin")) ? join(path, "cifar-10-batches-bin") : path;
+    src.format = "cifar10-binary";
+    src.path = dir;
+    std::vector<std::string> train_files;
+    for (int i = 1; i <= 5; ++i) train_files.push_back(find_with_gz(dir, "data_batch_" + std::to_string(i) + ".bin"));
+    src.train = read_cifar10_binary(train_files);
+    src.test = read_cifar10_binary({find_with_gz(dir, "test_batch.bin")});
+    const std::string meta = join(dir, "batches.meta.txt");
+    src.class_names = file_exists(meta) ? read_lines(meta) : std::vector<std::string>{};
+    if (src.class_names.size() != 10) {
+      src.class_names = {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"};
+    }
+  } else {  // cifar100
+    const std::string dir = dir_exists(join(path, "cifar-100-binary")) ? join(path, "cifar-100-binary") : path;
+    src.format = "cifar100-binary";
+    src.path = dir;
+    src.train = read_cifar100_binary(find_with_gz(dir, "train.bin"));
+    src.test = read_cifar100_binary(find_with_gz(dir, "test.bin"));
+    const std::string meta = join(dir, "fine_label_names.txt");
+    src.class_names = file_exists(meta) ? read_lines(meta) : std::vector<std::string>{};
+    if (src.class_names.size() != 100) src.class_names = numbered_names(100);
+  }
+  return src;
+}
+
+}  // namespace liondg

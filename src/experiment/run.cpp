@@ -1,0 +1,250 @@
+// One training run end to end, writing the run directory.
+
+#include <liondg/build_info.h>
+#include <liondg/errors.h>
+#include <liondg/experiment/run.h>
+#include <liondg/init/init.h>
+#include <liondg/train/progress.h>
+#include <liondg/util/fs.h>
+
+#include <nlohmann/json.hpp>
+#include <torch/serialize.h>
+#include <torch/version.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+namespace liondg {
+namespace {
+
+using json = nlohmann::json;
+
+// Writes metrics.csv as training goes: one row per step; validation columns are
+// filled on rows where an evaluation happened. Every row is flushed so a crash
+// leaves a valid prefix.
+class CsvMetricsWriter : public RecordSink {
+ public:
+  CsvMetricsWriter(const std::string& path, int64_t num_aux) : path_(path), num_aux_(num_aux), out_(path) {
+    if (!out_) throw DataError("cannot write '" + path + "'");
+    out_ << "step,loss,main_loss";
+    for (int64_t k = 0; k < num_aux_; ++k) out_ << ",aux_loss_" << k;
+    out_ << ",main_acc";
+    for (int64_t k = 0; k < num_aux_; ++k) out_ << ",aux_acc_" << k;
+    out_ << ",window_acc,grad_main_norm,grad_aux_norm,grad_ratio";
+    for (int64_t k = 0; k < num_aux_; ++k) out_ << ",aux_weight_norm_" << k;
+    out_ << ",step_seconds,val_main_acc,val_main_loss";
+    for (int64_t k = 0; k < num_aux_; ++k) out_ << ",val_aux_acc_" << k;
+    out_ << "\n";
+    out_.precision(9);
+  }
+  ~CsvMetricsWriter() override { flush_pending(); }
+
+  void on_step(const StepRecord& r) override {
+    flush_pending();
+    std::ostringstream row;
+    row.precision(9);
+    row << r.step << ',' << r.loss << ',' << r.main_loss;
+    for (double v : r.aux_losses) row << ',' << v;
+    row << ',' << r.main_acc;
+    for (double v : r.aux_accs) row << ',' << v;
+    row << ',' << r.window_acc << ',' << opt(r.grad_main_norm) << ',' << opt(r.grad_aux_norm) << ','
+        << opt(r.grad_ratio);
+    for (double v : r.aux_weight_norms) row << ',' << v;
+    row << ',' << r.seconds;
+    pending_ = row.str();
+    pending_step_ = r.step;
+  }
+
+  void on_eval(const EvalRecord& e) override {
+    if (pending_.empty() || e.step != pending_step_) return;
+    std::ostringstream row;
+    row.precision(9);
+    row << ',' << e.main_acc << ',' << e.main_loss;
+    for (double v : e.aux_accs) row << ',' << v;
+    out_ << pending_ << row.str() << '\n';
+    out_.flush();
+    pending_.clear();
+  }
+
+  void flush_pending() {
+    if (pending_.empty()) return;
+    out_ << pending_ << ",,";
+    for (int64_t k = 0; k < num_aux_; ++k) out_ << ',';
+    out_ << '\n';
+    out_.flush();
+    pending_.clear();
+    if (!out_) throw DataError("cannot write '" + path_ + "' (disk full?)");
+  }
+
+ private:
+  static std::string opt(double v) {
+    if (!std::isfinite(v)) return "";
+    std::ostringstream s;
+    s.precision(9);
+    s << v;
+    return s.str();
+  }
+  std::string path_;
+  int64_t num_aux_;
+  std::ofstream out_;
+  std::string pending_;
+  int64_t pending_step_ = -1;
+};
+
+json eval_json(const EvalRecord& e) {
+  json j{{"step", e.step}, {"main_acc", e.main_acc}, {"main_loss", e.main_loss}};
+  j["aux_accs"] = e.aux_accs;
+  return j;
+}
+
+json config_json(const RunConfig& c, const DataSource& data, const ChannelStats& stats) {
+  const TrainOptions& t = c.train;
+  json j;
+  j["model"] = {{"name", c.model.name},
+                {"num_classes", c.model.num_classes},
+                {"in_channels", c.model.in_channels},
+                {"growth_rate", c.model.growth_rate},
+                {"block_layers", c.model.block_layers},
+                {"compression", c.model.compression},
+                {"widths", c.model.widths},
+                {"blocks_per_stage", c.model.blocks_per_stage},
+                {"aux_after", c.model.aux_after},
+                {"aux_hidden", c.model.aux_hidden}};
+  j["init"] = c.init;
+  j["seed"] = c.seed;
+  j["threads"] = torch::get_num_threads();
+  j["data"] = {{"dataset", data.name},
+               {"format", data.format},
+               {"path", data.path},
+               {"num_classes", data.num_classes()},
+               {"shape", {data.channels(), data.height(), data.width()}},
+               {"train_size", data.train.size()},
+               {"eval_split", "test"},
+               {"eval_size", data.test.size()},
+               {"normalization_mean", stats.mean},
+               {"normalization_std", stats.std}};
+  if (data.name == "synthetic") {
+    j["data"]["synthetic"] = {{"train_size", c.synthetic.train_size}, {"test_size", c.synthetic.test_size},
+                              {"height", c.synthetic.height},         {"width", c.synthetic.width},
+                              {"channels", c.synthetic.channels},     {"num_classes", c.synthetic.num_classes},
+                              {"seed", c.synthetic.seed},             {"noise", c.synthetic.noise}};
+  }
+  j["train"] = {{"steps", t.steps()},
+                {"batch_size", t.batch_size()},
+                {"optimizer", "adamw"},
+                {"lr", t.lr()},
+                {"betas", {t.beta1(), t.beta2()}},
+                {"eps", t.eps()},
+                {"weight_decay", t.weight_decay()},
+                {"aux_weight", t.aux_weight()},
+                {"target_acc", t.target_acc()},
+                {"target_window", t.target_window()},
+                {"grad_every", t.grad_every()},
+                {"eval_every", t.eval_every()},
+                {"eval_batch_size", t.eval_batch_size()},
+                {"hflip", t.hflip()},
+                {"stop_at_target", t.stop_at_target()}};
+  j["versions"] = version_info();
+  return j;
+}
+
+json summary_json(const RunResult& r, const std::string& status, const std::string& error) {
+  const TrainSummary& s = r.summary;
+  json j;
+  j["status"] = status;
+  if (!error.empty()) j["error"] = error;
+  j["steps_run"] = s.steps_run;
+  j["steps_to_target"] = s.steps_to_target ? json(*s.steps_to_target) : json(nullptr);
+  j["converged"] = s.converged();
+  j["final_train_window_acc"] = s.final_train_window_acc;
+  if (status == "completed") {
+    j["final_val"] = eval_json(s.final_eval);
+    j["val_acc"] = s.final_eval.main_acc;
+  } else {
+    j["val_acc"] = nullptr;
+  }
+  j["wall_seconds"] = s.wall_seconds;
+  j["train_seconds"] = s.train_seconds;
+  j["eval_seconds"] = s.eval_seconds;
+  j["init_seconds"] = r.init_seconds;
+  j["parameter_counts"] = r.parameter_counts;
+  return j;
+}
+
+}  // namespace
+
+void set_threads(int threads) {
+  TORCH_CHECK_VALUE(threads >= 0, "threads must be >= 0, got ", threads);
+  const int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  torch::set_num_threads(n);
+}
+
+std::map<std::string, std::string> version_info() {
+  return {{"liondg", LIONDG_VERSION}, {"git_revision", LIONDG_GIT_REVISION}, {"libtorch", TORCH_VERSION}};
+}
+
+RunResult run_experiment(const RunConfig& c_in) {
+  RunConfig c = c_in;
+  const auto start = std::chrono::steady_clock::now();
+  init_policy_from_string(c.init);  // reject an unknown policy before any work
+  set_threads(c.threads);
+
+  // Output directory first: never train for an hour and then fail to write.
+  ensure_writable_dir(c.out_dir);
+  const std::string summary_path = c.out_dir + "/summary.json";
+  if (!c.overwrite && std::filesystem::exists(summary_path)) {
+    throw UsageError("output directory '" + c.out_dir +
+                     "' already holds a finished run (summary.json); choose another --out or pass --overwrite");
+  }
+
+  DataSource data = load_dataset(c.dataset, c.data_path, c.synthetic);
+  c.model.num_classes = data.num_classes();
+  c.model.in_channels = data.channels();
+  c.train.seed(c.seed);
+
+  torch::manual_seed(c.seed);
+  std::shared_ptr<DSModelImpl> model = make_model(c.model);
+  const auto t_init = std::chrono::steady_clock::now();
+  init_model_(*model, c.init);
+  RunResult result;
+  result.init_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_init).count();
+  result.parameter_counts = parameter_counts(*model);
+  result.out_dir = c.out_dir;
+
+  const ChannelStats stats = channel_stats(data.train.images);
+  write_file_atomic(c.out_dir + "/config.json", config_json(c, data, stats).dump(2) + "\n");
+
+  try {
+    CsvMetricsWriter csv(c.out_dir + "/metrics.csv", model->num_aux_heads());
+    std::vector<RecordSink*> sinks{&csv};
+    std::unique_ptr<ProgressPrinter> progress;
+    if (c.progress != nullptr) {
+      progress = std::make_unique<ProgressPrinter>(c.progress, c.train.steps(), c.progress_interactive);
+      sinks.push_back(progress.get());
+    }
+    result.summary = train(*model, data, c.train, sinks);
+    csv.flush_pending();
+    if (progress) progress->finish();
+  } catch (const std::exception& e) {
+    result.summary.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    try {
+      write_file_atomic(summary_path, summary_json(result, "failed", e.what()).dump(2) + "\n");
+    } catch (...) {
+      // Keep the original error.
+    }
+    throw;
+  }
+
+  if (c.save_model && result.summary.status == "completed") {
+    const std::string tmp = c.out_dir + "/model.pt.tmp";
+    torch::save(model, tmp);
+    rename_file(tmp, c.out_dir + "/model.pt");
+  }
+  write_file_atomic(summary_path, summary_json(result, result.summary.status, result.summary.diverged_reason).dump(2) + "\n");
+  return result;
+}
+
+}  // namespace liondg

@@ -1,0 +1,95 @@
+// DenseNet-DS: compact DenseNet with auxiliary heads after dense blocks.
+
+#include <liondg/models/densenet_ds.h>
+
+#include <torch/nn/functional/pooling.h>
+
+namespace liondg {
+namespace {
+torch::nn::Conv2dOptions conv_options(int64_t in, int64_t out, int64_t kernel) {
+  return torch::nn::Conv2dOptions(in, out, kernel).padding(kernel / 2).bias(false);
+}
+}  // namespace
+
+DenseLayerImpl::DenseLayerImpl(int64_t in_channels, int64_t growth) {
+  norm_ = register_module("norm", torch::nn::BatchNorm2d(in_channels));
+  conv_ = register_module("conv", torch::nn::Conv2d(conv_options(in_channels, growth, /*kernel=*/3)));
+}
+
+torch::Tensor DenseLayerImpl::forward(const torch::Tensor& x) {
+  return conv_->forward(torch::relu(norm_->forward(x)));
+}
+
+TransitionImpl::TransitionImpl(int64_t in_channels, int64_t out_channels) {
+  norm_ = register_module("norm", torch::nn::BatchNorm2d(in_channels));
+  conv_ = register_module("conv", torch::nn::Conv2d(conv_options(in_channels, out_channels, /*kernel=*/1)));
+}
+
+torch::Tensor TransitionImpl::forward(const torch::Tensor& x) {
+  return torch::avg_pool2d(conv_->forward(torch::relu(norm_->forward(x))), /*kernel_size=*/{2, 2});
+}
+
+DenseNetDSImpl::DenseNetDSImpl(const DenseNetDSOptions& options_)
+    : DSModelImpl("DenseNetDS"), options(options_) {
+  const auto& o = options;
+  TORCH_CHECK_VALUE(o.in_channels() > 0, "DenseNetDS: in_channels must be > 0, got ", o.in_channels());
+  TORCH_CHECK_VALUE(o.growth_rate() > 0, "DenseNetDS: growth_rate must be > 0, got ", o.growth_rate());
+  TORCH_CHECK_VALUE(o.stem_channels() > 0, "DenseNetDS: stem_channels must be > 0, got ", o.stem_channels());
+  TORCH_CHECK_VALUE(!o.block_layers().empty(), "DenseNetDS: block_layers must not be empty");
+  TORCH_CHECK_VALUE(o.compression() > 0.0 && o.compression() <= 1.0,
+                    "DenseNetDS: compression must be in (0, 1], got ", o.compression());
+  const int64_t num_blocks = static_cast<int64_t>(o.block_layers().size());
+
+  stem_ = register_module("stem", torch::nn::Conv2d(conv_options(o.in_channels(), o.stem_channels(), 3)));
+  int64_t channels = o.stem_channels();
+  for (int64_t b = 0; b < num_blocks; ++b) {
+    const int64_t layers = o.block_layers()[b];
+    TORCH_CHECK_VALUE(layers > 0, "DenseNetDS: block ", b + 1, " must have > 0 layers, got ", layers);
+    std::vector<DenseLayer> block;
+    for (int64_t l = 0; l < layers; ++l) {
+      block.push_back(register_module("block" + std::to_string(b + 1) + "_layer" + std::to_string(l + 1),
+                                      DenseLayer(channels, o.growth_rate())));
+      channels += o.growth_rate();
+    }
+    blocks_.push_back(std::move(block));
+    block_channels_.push_back(channels);
+    if (b + 1 < num_blocks) {
+      const auto out = std::max<int64_t>(1, static_cast<int64_t>(std::floor(channels * o.compression())));
+      transitions_.push_back(register_module("transition" + std::to_string(b + 1), Transition(channels, out)));
+      channels = out;
+    }
+  }
+  final_norm_ = register_module("final_norm", torch::nn::BatchNorm2d(channels));
+
+  std::vector<AuxHeadSpec> aux;
+  for (int64_t block : o.aux_after_blocks()) {
+    TORCH_CHECK_VALUE(block >= 1 && block < num_blocks, "DenseNetDS: aux head after block ", block,
+                      " is invalid; expected a block in [1, ", num_blocks - 1,
+                      "] (the last block feeds the main head)");
+    aux.push_back({"block" + std::to_string(block), block_channels_[block - 1]});
+  }
+  register_heads(o.num_classes(), channels, aux, o.aux_hidden());
+}
+
+torch::Tensor DenseNetDSImpl::features(const torch::Tensor& x, Taps& taps) {
+  TORCH_CHECK_VALUE(x.dim() == 4 && x.size(1) == options.in_channels(), "DenseNetDS expects input (N,",
+                    options.in_channels(), ",H,W), got ", x.sizes());
+  torch::Tensor h = stem_->forward(x);
+  for (size_t b = 0; b < blocks_.size(); ++b) {
+    // Straightforward dense connectivity: each layer reads the concatenation of all
+    // earlier feature maps of the block.
+    std::vector<torch::Tensor> maps{h};
+    for (auto& layer : blocks_[b]) maps.push_back(layer->forward(torch::cat(maps, /*dim=*/1)));
+    h = taps.tap("block" + std::to_string(b + 1), torch::cat(maps, /*dim=*/1));
+    if (b < transitions_.size()) h = transitions_[b]->forward(h);
+  }
+  return torch::relu(final_norm_->forward(h));
+}
+
+DSOutput DenseNetDSImpl::forward(const torch::Tensor& x) {
+  Taps taps = make_taps();
+  torch::Tensor f = features(x, taps);
+  return apply_heads(f, taps);
+}
+
+}  // namespace liondg

@@ -1,0 +1,39 @@
+// Model registry: name -> model.
+
+#include <liondg/errors.h>
+#include <liondg/models/densenet_ds.h>
+#include <liondg/models/registry.h>
+#include <liondg/models/resnet_ds.h>
+
+namespace liondg {
+
+const std::vector<std::string>& model_names() {
+  static const std::vector<std::string> kNames{"densenet-ds", "resnet-ds"};
+  return kNames;
+}
+
+std::shared_ptr<DSModelImpl> make_model(const ModelSpec& spec) {
+  if (spec.name == "densenet-ds") {
+    return std::make_shared<DenseNetDSImpl>(DenseNetDSOptions(spec.num_classes)
+                                                .in_channels(spec.in_channels)
+                                                .growth_rate(spec.growth_rate)
+                                                .stem_channels(2 * spec.growth_rate)
+                                                .block_layers(spec.block_layers)
+                                                .compression(spec.compression)
+                                                .aux_after_blocks(spec.aux_after)
+                                                .aux_hidden(spec.aux_hidden));
+  }
+  if (spec.name == "resnet-ds") {
+    return std::make_shared<ResNetDSImpl>(ResNetDSOptions(spec.num_classes)
+                                              .in_channels(spec.in_channels)
+                                              .widths(spec.widths)
+                                              .blocks_per_stage(spec.blocks_per_stage)
+                                              .aux_after_stages(spec.aux_after)
+                                              .aux_hidden(spec.aux_hidden));
+  }
+  std::string known;
+  for (const auto& n : model_names()) known += (known.empty() ? "" : ", ") + n;
+  throw UsageError("unknown model '" + spec.name + "'; expected one of: " + known);
+}
+
+}  // namespace liondg

@@ -1,0 +1,221 @@
+// Training: learning on synthetic data, determinism, steps-to-target,
+// gradient diagnostics, divergence, and the run directory.
+
+#include "fixtures.h"
+
+#include <liondg/errors.h>
+#include <liondg/experiment/decoupling.h>
+#include <liondg/experiment/run.h>
+#include <liondg/init/init.h>
+#include <liondg/train/trainer.h>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+namespace liondg {
+namespace {
+
+struct Collector : RecordSink {
+  std::vector<StepRecord> steps;
+  std::vector<EvalRecord> evals;
+  void on_step(const StepRecord& r) override { steps.push_back(r); }
+  void on_eval(const EvalRecord& e) override { evals.push_back(e); }
+};
+
+TrainOptions fast_options() {
+  return TrainOptions().steps(40).batch_size(32).grad_every(5).eval_every(20).target_window(10).target_acc(0.6);
+}
+
+struct Trained {
+  TrainSummary summary;
+  Collector records;
+};
+
+Trained train_tiny(const std::string& policy, uint64_t seed, TrainOptions options = fast_options(),
+                   bool resnet = false) {
+  DataSource data = testing::tiny_data(/*seed=*/11);
+  torch::manual_seed(seed);
+  std::shared_ptr<DSModelImpl> model;
+  if (resnet) model = std::make_shared<ResNetDSImpl>(testing::tiny_resnet());
+  else model = std::make_shared<DenseNetDSImpl>(testing::tiny_densenet());
+  init_model_(*model, policy);
+  Trained t;
+  t.summary = train(*model, data, options.seed(seed), {&t.records});
+  return t;
+}
+
+TEST(Train, ShortRunLowersTheLossAndBeatsChance) {
+  for (bool resnet : {false, true}) {
+    Trained t = train_tiny("lion-dg", 42, fast_options(), resnet);
+    ASSERT_EQ(t.summary.status, "completed");
+    ASSERT_EQ(t.records.steps.size(), 40u);
+    double first = 0, last = 0;
+    for (int i = 0; i < 5; ++i) first += t.records.steps[i].main_loss / 5;
+    for (int i = 35; i < 40; ++i) last += t.records.steps[i].main_loss / 5;
+    EXPECT_LT(last, 0.7 * first) << (resnet ? "resnet" : "densenet");
+    EXPECT_GT(t.summary.final_eval.main_acc, 0.5) << "chance is 0.25";  // 4 classes
+    ASSERT_EQ(t.summary.final_eval.aux_accs.size(), 2u);
+    ASSERT_EQ(t.records.evals.size(), 2u);  // step 20 and the final one
+    EXPECT_EQ(t.records.evals[0].step, 20);
+    EXPECT_EQ(t.records.evals[1].step, 40);
+  }
+}
+
+TEST(Train, SameSeedGivesIdenticalMetrics) {
+  Trained a = train_tiny("he", 5), b = train_tiny("he", 5), c = train_tiny("he", 6);
+  ASSERT_EQ(a.records.steps.size(), b.records.steps.size());
+  bool differs_from_c = false;
+  for (size_t i = 0; i < a.records.steps.size(); ++i) {
+    const auto &x = a.records.steps[i], &y = b.records.steps[i];
+    EXPECT_EQ(x.loss, y.loss) << "step " << x.step;
+    EXPECT_EQ(x.main_acc, y.main_acc);
+    EXPECT_EQ(x.aux_losses, y.aux_losses);
+    EXPECT_TRUE(std::isnan(x.grad_main_norm) ? std::isnan(y.grad_main_norm) : x.grad_main_norm == y.grad_main_norm);
+    differs_from_c |= x.loss != c.records.steps[i].loss;
+  }
+  EXPECT_EQ(a.summary.final_eval.main_acc, b.summary.final_eval.main_acc);
+  EXPECT_EQ(a.summary.final_eval.aux_accs, b.summary.final_eval.aux_accs);
+  EXPECT_EQ(a.summary.steps_to_target, b.summary.steps_to_target);
+  EXPECT_TRUE(differs_from_c);
+}
+
+TEST(Train, StepsToTargetIsTheFirstFullWindowAtTarget) {
+  Trained t = train_tiny("he", 3);
+  // Recompute from the per-step accuracies.
+  std::optional<int64_t> expected;
+  for (size_t i = 9; i < t.records.steps.size() && !expected; ++i) {
+    double mean = 0;
+    for (size_t j = i - 9; j <= i; ++j) mean += t.records.steps[j].main_acc / 10;
+    if (mean >= 0.6 - 1e-12) expected = t.records.steps[i].step;
+  }
+  ASSERT_TRUE(expected.has_value()) << "the tiny problem should reach 60% within 40 steps";
+  EXPECT_EQ(t.summary.steps_to_target, expected);
+  EXPECT_GE(*t.summary.steps_to_target, 10);
+  // An unreachable target reports no step and not converged.
+  Trained never = train_tiny("he", 3, fast_options().target_acc(1.0).steps(12));
+  EXPECT_FALSE(never.summary.converged());
+  // stop_at_target stops there.
+  Trained stop = train_tiny("he", 3, fast_options().stop_at_target(true));
+  EXPECT_EQ(stop.summary.steps_run, *t.summary.steps_to_target);
+}
+
+TEST(Train, GradientDiagnosticsAndAwakening) {
+  Trained t = train_tiny("lion-dg", 8);
+  for (const auto& r : t.records.steps) {
+    const bool diag = r.step == 1 || r.step % 5 == 0;
+    EXPECT_EQ(std::isfinite(r.grad_main_norm), diag) << "step " << r.step;
+    ASSERT_EQ(r.aux_weight_norms.size(), 2u);
+  }
+  // Proposition 1 at step 1 (the initialization): exactly zero aux gradient, zero head norm.
+  EXPECT_EQ(t.records.steps[0].grad_aux_norm, 0.0);
+  EXPECT_EQ(t.records.steps[0].grad_ratio, 0.0);
+  EXPECT_EQ(t.records.steps[0].aux_weight_norms[0], 0.0);
+  // Proposition 2: the heads grow from zero and the aux gradient phases in.
+  EXPECT_GT(t.records.steps[1].aux_weight_norms[0], 0.0);
+  EXPECT_GT(t.records.steps[4].grad_aux_norm, 0.0);
+  EXPECT_GT(t.records.steps[9].grad_ratio, t.records.steps[0].grad_ratio);
+  // Under He the ratio is non-zero from the start.
+  Trained he = train_tiny("he", 8);
+  EXPECT_GT(he.records.steps[0].grad_ratio, 0.0);
+}
+
+TEST(Train, NonFiniteLossStopsWithStatusDiverged) {
+  DataSource data = testing::tiny_data(2);
+  auto model = std::make_shared<DenseNetDSImpl>(testing::tiny_densenet());
+  he_init_(*model);
+  {
+    torch::NoGradGuard no_grad;
+    model->main_head()->last_layer()->bias.fill_(std::numeric_limits<float>::quiet_NaN());
+  }
+  TrainSummary s = train(*model, data, fast_options());
+  EXPECT_EQ(s.status, "diverged");
+  EXPECT_EQ(s.steps_run, 0);
+  EXPECT_NE(s.diverged_reason.find("step 1"), std::string::npos) << s.diverged_reason;
+}
+
+// ------------------------------------------------------------------ run directory
+
+RunConfig tiny_run(const std::string& out) {
+  RunConfig c;
+  c.dataset = "synthetic";
+  c.synthetic.num_classes = 4;
+  c.synthetic.height = c.synthetic.width = 16;
+  c.synthetic.train_size = 128;
+  c.synthetic.test_size = 64;
+  c.model.growth_rate = 4;
+  c.model.block_layers = {1, 1, 1};
+  c.train = TrainOptions().steps(6).batch_size(16).grad_every(3).eval_every(3).target_window(2);
+  c.out_dir = out;
+  c.threads = 1;
+  return c;
+}
+
+TEST(Run, WritesConfigMetricsSummaryAndLoadableModel) {
+  testing::TempDir dir;
+  RunConfig c = tiny_run(dir.file("run"));
+  RunResult r = run_experiment(c);
+  ASSERT_EQ(r.summary.status, "completed");
+  std::ifstream cfg(dir.file("run/config.json"));
+  nlohmann::json config = nlohmann::json::parse(cfg);
+  EXPECT_EQ(config["init"], "lion-dg");
+  EXPECT_EQ(config["train"]["lr"], 1e-3);
+  EXPECT_EQ(config["train"]["weight_decay"], 0.05);
+  EXPECT_EQ(config["train"]["aux_weight"], 0.3);
+  EXPECT_EQ(config["seed"], 42);
+  EXPECT_TRUE(config["versions"].contains("libtorch"));
+  EXPECT_EQ(config["data"]["normalization_mean"].size(), 3u);
+
+  std::ifstream csv(dir.file("run/metrics.csv"));
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(csv, line);) lines.push_back(line);
+  ASSERT_EQ(lines.size(), 7u);  // header + 6 steps
+  EXPECT_EQ(lines[0].rfind("step,loss,main_loss,aux_loss_0,aux_loss_1,main_acc", 0), 0u);
+  const auto columns = std::count(lines[0].begin(), lines[0].end(), ',');
+  for (const auto& l : lines) EXPECT_EQ(std::count(l.begin(), l.end(), ','), columns) << l;
+
+  std::ifstream sj(dir.file("run/summary.json"));
+  nlohmann::json summary = nlohmann::json::parse(sj);
+  EXPECT_EQ(summary["status"], "completed");
+  EXPECT_EQ(summary["steps_run"], 6);
+  EXPECT_DOUBLE_EQ(summary["val_acc"].get<double>(), r.summary.final_eval.main_acc);
+  EXPECT_EQ(summary["parameter_counts"]["total"], r.parameter_counts.at("total"));
+
+  DenseNetDS loaded(DenseNetDSOptions(4).growth_rate(4).stem_channels(8).block_layers({1, 1, 1}));
+  torch::load(loaded, dir.file("run/model.pt"));
+  EXPECT_EQ(loaded->aux_head(0)->last_layer()->weight.sizes(), torch::IntArrayRef({4, 12}));  // stem 8 + 1 layer x growth 4
+}
+
+TEST(Run, RefusesToOverwriteAFinishedRunAndChecksTheOutputDirectory) {
+  testing::TempDir dir;
+  RunConfig c = tiny_run(dir.file("run"));
+  run_experiment(c);
+  std::ifstream before(dir.file("run/summary.json"));
+  const std::string text((std::istreambuf_iterator<char>(before)), std::istreambuf_iterator<char>());
+  EXPECT_THROW(run_experiment(c), UsageError);
+  std::ifstream after(dir.file("run/summary.json"));
+  EXPECT_EQ(text, std::string((std::istreambuf_iterator<char>(after)), std::istreambuf_iterator<char>()));
+  c.overwrite = true;
+  EXPECT_NO_THROW(run_experiment(c));
+
+  testing::write_bytes(dir.file("file"), {1});
+  c.out_dir = dir.file("file/run");  // a path below a regular file
+  EXPECT_THROW(run_experiment(c), DataError);
+}
+
+TEST(Decoupling, VerifyReportsExactZeroForLionDGOnly) {
+  DecouplingConfig c;
+  c.dataset = "synthetic";
+  c.synthetic.train_size = 64;
+  c.synthetic.test_size = 16;
+  c.batch_size = 32;
+  c.model.name = "resnet-ds";
+  EXPECT_TRUE(verify_decoupling(c).decoupled());
+  c.init = "he";
+  DecouplingResult he = verify_decoupling(c);
+  EXPECT_FALSE(he.decoupled());
+  EXPECT_GT(he.backbone_max_abs_grad, 0.0);
+}
+
+}  // namespace
+}  // namespace liondg

@@ -1,0 +1,46 @@
+// liondg: command-line tool for LION-DG experiments.
+//
+//   liondg train  --model densenet-ds --init lion-dg --dataset fashion-mnist ...
+//   liondg verify decoupling --model resnet-ds --init lion-dg
+//
+// Exit codes: 0 success, 1 runtime error (data, I/O), 2 usage error, 3 diverged run.
+
+#include "cli/commands.h"
+
+#include <liondg/errors.h>
+#include <liondg/experiment/run.h>
+
+#include <c10/util/Exception.h>
+
+#include <iostream>
+
+int main(int argc, char** argv) {
+  using namespace liondg::cli;
+  CLI::App app{"liondg: layer-informed initialization for deeply-supervised networks (LION-DG)"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("liondg ") + liondg::version_info().at("liondg"));
+  int status = kExitOk;
+  add_train_command(app, status);
+  add_verify_command(app, status);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::Success& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);  // prints the message and a --help hint
+    return kExitUsage;
+  } catch (const liondg::UsageError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return kExitUsage;
+  } catch (const c10::ValueError& e) {
+    std::cerr << "error: " << e.what_without_backtrace() << "\n";
+    return kExitUsage;
+  } catch (const c10::Error& e) {
+    std::cerr << "error: " << e.what_without_backtrace() << "\n";
+    return kExitRuntime;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return kExitRuntime;
+  }
+  return status;
+}
