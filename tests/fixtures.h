@@ -4,12 +4,14 @@
 #include <liondg/data/dataset.h>
 #include <liondg/models/densenet_ds.h>
 #include <liondg/models/resnet_ds.h>
+#include <liondg/util/fs.h>
 
 #include <zlib.h>
 
 #include <cstdint>
 #include <cstdlib>
-#include <filesystem>
+#include <stdexcept>
+#include <unistd.h>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -20,13 +22,12 @@ namespace liondg::testing {
 class TempDir {
  public:
   TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "liondg-test-XXXXXX").string();
-    path_ = ::mkdtemp(tmpl.data());
+    const char* base = std::getenv("TMPDIR");
+    std::string tmpl = std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/liondg-test-XXXXXX";
+    if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + tmpl);
+    path_ = tmpl;
   }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
+  ~TempDir() { remove_tree(path_); }
   std::string file(const std::string& name) const { return path_ + "/" + name; }
   const std::string& path() const { return path_; }
 

@@ -5,6 +5,9 @@
 
 #include <liondg/data/batcher.h>
 #include <liondg/errors.h>
+#include <liondg/util/fs.h>
+
+#include <unistd.h>
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -111,9 +114,9 @@ TEST(Idx, InconsistentSplitsAreRejected) {
   expect_data_error([&] { load_dataset("mnist", dir.path()); }, {"label 12 out of range", "train-labels"});
   write_bytes(dir.file("train-labels-idx1-ubyte.gz"), idx_bytes({19}, std::vector<uint8_t>(19, 1)), true);
   expect_data_error([&] { load_dataset("mnist", dir.path()); }, {"20 images", "19 labels"});
-  std::filesystem::remove(dir.file("t10k-labels-idx1-ubyte"));
+  ::unlink(dir.file("t10k-labels-idx1-ubyte").c_str());
   write_idx_dataset(dir, 20, 10);
-  std::filesystem::remove(dir.file("t10k-labels-idx1-ubyte"));
+  ::unlink(dir.file("t10k-labels-idx1-ubyte").c_str());
   expect_data_error([&] { load_dataset("mnist", dir.path()); }, {"t10k-labels-idx1-ubyte"});
 }
 
@@ -129,7 +132,7 @@ std::vector<uint8_t> cifar_records(int64_t n, int label_bytes, int label_mod) {
 TEST(Cifar, Cifar10BinaryLayoutLoads) {
   TempDir dir;
   const std::string root = dir.file("cifar-10-batches-bin");
-  std::filesystem::create_directories(root);
+  ASSERT_TRUE(make_directories(root));
   for (int i = 1; i <= 5; ++i) write_bytes(root + "/data_batch_" + std::to_string(i) + ".bin", cifar_records(4, 1, 10));
   write_bytes(root + "/test_batch.bin", cifar_records(3, 1, 10));
   DataSource src = load_dataset("cifar10", dir.path());  // parent directory is accepted

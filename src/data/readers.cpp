@@ -2,6 +2,7 @@
 
 #include <liondg/data/dataset.h>
 #include <liondg/errors.h>
+#include <liondg/util/fs.h>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <zlib.h>
@@ -9,7 +10,6 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
-#include <sys/stat.h>
 
 namespace liondg {
 namespace {
@@ -17,20 +17,9 @@ namespace {
 constexpr int64_t kCifarImageBytes = 3 * 32 * 32;
 constexpr uint8_t kIdxUnsignedByte = 0x08;
 
-bool file_exists(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
-bool dir_exists(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-std::string join(const std::string& dir, const std::string& name) {
-  if (dir.empty() || dir.back() == '/') return dir + name;
-  return dir + "/" + name;
-}
+bool file_exists(const std::string& path) { return is_regular_file(path); }
+bool dir_exists(const std::string& path) { return is_directory(path); }
+std::string join(const std::string& dir, const std::string& name) { return join_path(dir, name); }
 
 // Whole file contents; gzip-compressed files are decompressed transparently
 // (zlib's gz* functions read plain files as they are).

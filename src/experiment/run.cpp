@@ -12,7 +12,6 @@
 #include <torch/version.h>
 
 #include <chrono>
-#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -195,7 +194,7 @@ RunResult run_experiment(const RunConfig& c_in) {
   // Output directory first: never train for an hour and then fail to write.
   ensure_writable_dir(c.out_dir);
   const std::string summary_path = c.out_dir + "/summary.json";
-  if (!c.overwrite && std::filesystem::exists(summary_path)) {
+  if (!c.overwrite && is_regular_file(summary_path)) {
     throw UsageError("output directory '" + c.out_dir +
                      "' already holds a finished run (summary.json); choose another --out or pass --overwrite");
   }

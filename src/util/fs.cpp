@@ -7,7 +7,8 @@
 #include <cstdio>
 #include <cstring>
 #include <fcntl.h>
-#include <filesystem>
+#include <ftw.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace liondg {
@@ -44,12 +45,45 @@ void rename_file(const std::string& from, const std::string& to) {
   }
 }
 
+bool is_regular_file(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+bool is_directory(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool make_directories(const std::string& path) {
+  if (path.empty()) return false;
+  for (size_t pos = path.find('/', 1);; pos = path.find('/', pos + 1)) {
+    const std::string prefix = path.substr(0, pos);
+    if (!prefix.empty() && ::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) return false;
+    if (pos == std::string::npos) break;
+  }
+  if (!is_directory(path)) {
+    errno = ENOTDIR;
+    return false;
+  }
+  return true;
+}
+
+void remove_tree(const std::string& path) {
+  ::nftw(
+      path.c_str(),
+      [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p) == 0 ? 0 : 0; },
+      /*nopenfd=*/16, FTW_DEPTH | FTW_PHYS);
+}
+
+std::string join_path(const std::string& dir, const std::string& name) {
+  if (dir.empty() || dir.back() == '/') return dir + name;
+  return dir + "/" + name;
+}
+
 void ensure_writable_dir(const std::string& dir) {
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec || !std::filesystem::is_directory(dir)) {
-    throw DataError("output directory '" + dir + "' cannot be created: " +
-                    (ec ? ec.message() : std::string("a file with that name exists")));
+  if (!make_directories(dir)) {
+    throw DataError("output directory '" + dir + "' cannot be created: " + std::strerror(errno));
   }
   const std::string probe = dir + "/.liondg-write-test." + std::to_string(::getpid());
   const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);

@@ -16,4 +16,15 @@ void ensure_writable_dir(const std::string& dir);
 /// Renames `from` to `to` (same file system), throwing DataError on failure.
 void rename_file(const std::string& from, const std::string& to);
 
+// POSIX-only helpers (no std::filesystem: its ABI differs between toolchains that
+// libtorch builds are made with).
+bool is_regular_file(const std::string& path);
+bool is_directory(const std::string& path);
+/// `mkdir -p`; returns false (errno set) on failure.
+bool make_directories(const std::string& path);
+/// `rm -rf`; ignores errors.
+void remove_tree(const std::string& path);
+/// `dir + "/" + name` without doubling a trailing slash.
+std::string join_path(const std::string& dir, const std::string& name);
+
 }  // namespace liondg

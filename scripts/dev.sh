@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# One entry point for set-up, build, the main job and the tests.
+#
+#   bash scripts/dev.sh run     install missing Debian packages, build, run the main job
+#   bash scripts/dev.sh test    install missing Debian packages, build, run the test suite
+#   bash scripts/dev.sh build   install missing Debian packages and build only
+#   bash scripts/dev.sh deps    install missing Debian packages only
+#
+# Environment: BUILD_DIR (default build), BUILD_TYPE (default Release),
+# CMAKE_PREFIX_PATH (e.g. a newer libtorch), JOBS (default: number of cores).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD_DIR=${BUILD_DIR:-$ROOT/build}
+BUILD_TYPE=${BUILD_TYPE:-Release}
+JOBS=${JOBS:-$(nproc)}
+
+# Debian packages the project needs to build, test and run its main job.
+PACKAGES=(build-essential cmake ninja-build pkg-config libtorch-dev libgtest-dev nlohmann-json3-dev
+          libcli11-dev zlib1g-dev dataset-fashion-mnist)
+
+deps() {
+  local missing=()
+  for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [[ ${#missing[@]} -eq 0 ]]; then
+    echo "[deps] all Debian packages present"
+    return
+  fi
+  echo "[deps] installing: ${missing[*]}"
+  local sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+build() {
+  local generator=()
+  command -v ninja > /dev/null && generator=(-G Ninja)
+  if [[ ! -f $BUILD_DIR/CMakeCache.txt ]]; then
+    cmake -S "$ROOT" -B "$BUILD_DIR" "${generator[@]}" -DCMAKE_BUILD_TYPE="$BUILD_TYPE"
+  fi
+  cmake --build "$BUILD_DIR" -j "$JOBS"
+}
+
+run_main_job() {
+  # The main job on the embedded default data set (Fashion-MNIST from the Debian package):
+  # DenseNet-DS with LION-DG, the paper's optimizer settings, a short step budget.
+  "$BUILD_DIR/liondg" train --model densenet-ds --init lion-dg --dataset fashion-mnist \
+    --steps 200 --eval-every 100 --out "$ROOT/runs/main" --overwrite
+}
+
+run_tests() {
+  ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS"
+  # The installed package works from another CMake project.
+  local prefix=$BUILD_DIR/install-test
+  cmake --install "$BUILD_DIR" --prefix "$prefix" > /dev/null
+  cmake -S "$ROOT/examples/custom_backbone" -B "$BUILD_DIR/example" -DCMAKE_BUILD_TYPE="$BUILD_TYPE" \
+    -DCMAKE_PREFIX_PATH="$prefix;${CMAKE_PREFIX_PATH:-}" > /dev/null
+  cmake --build "$BUILD_DIR/example" -j "$JOBS" > /dev/null
+  "$BUILD_DIR/example/custom_backbone"
+}
+
+case "${1:-}" in
+  deps) deps ;;
+  build) deps; build ;;
+  run) deps; build; run_main_job ;;
+  test) deps; build; run_tests ;;
+  *) sed -n '2,12p' "${BASH_SOURCE[0]}"; exit 2 ;;
+esac
