@@ -86,6 +86,11 @@ if [[ "$(strip_time "$TMP/run1/metrics.csv")" != "$(strip_time "$TMP/run3/metric
 # --json summary
 expect_exit 0 '"steps_to_target"' -- "$LIONDG" train "${TINY[@]}" --steps 4 --json --out "$TMP/run4"
 
+# parameter counts per role
+expect_exit 0 "total: 163182" -- "$LIONDG" describe --model densenet-ds
+expect_exit 0 "aux_head_1 reads tap 'stage2' (32 channels)" -- "$LIONDG" describe --model resnet-ds
+expect_exit 2 "--num-classes" -- "$LIONDG" describe --num-classes 1
+
 # Proposition 1 from the command line
 expect_exit 0 '"backbone_max_abs_grad":0.0' -- "$LIONDG" verify decoupling "${TINY_DATA[@]}" --init lion-dg --json
 expect_exit 0 '"decoupled":false' -- "$LIONDG" verify decoupling --dataset synthetic --synthetic-train-size 64 --model resnet-ds --init he --json --batch-size 32

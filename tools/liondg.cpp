@@ -2,6 +2,7 @@
 //
 //   liondg train  --model densenet-ds --init lion-dg --dataset fashion-mnist ...
 //   liondg verify decoupling --model resnet-ds --init lion-dg
+//   liondg describe --model densenet-ds --num-classes 100
 //
 // Exit codes: 0 success, 1 runtime error (data, I/O), 2 usage error, 3 diverged run.
 
@@ -22,6 +23,7 @@ int main(int argc, char** argv) {
   int status = kExitOk;
   add_train_command(app, status);
   add_verify_command(app, status);
+  add_describe_command(app, status);
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {
