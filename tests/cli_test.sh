@@ -86,6 +86,29 @@ if [[ "$(strip_time "$TMP/run1/metrics.csv")" != "$(strip_time "$TMP/run3/metric
 # --json summary
 expect_exit 0 '"steps_to_target"' -- "$LIONDG" train "${TINY[@]}" --steps 4 --json --out "$TMP/run4"
 
+# init plans: every preset trains and writes its audit
+for init in he xavier lion-dg lsuv lion-lsuv fixup rezero gradinit; do
+  expect_exit 0 "status: completed" -- "$LIONDG" train "${TINY[@]}" --steps 3 --init "$init" --lsuv-samples 32 \
+    --gradinit-iters 2 --gradinit-batch-size 16 --out "$TMP/init-$init"
+  if grep -q '"stages"' "$TMP/init-$init/init.json" 2>/dev/null; then pass=$((pass + 1)); else echo "FAIL: init.json for $init"; fail=$((fail + 1)); fi
+done
+expect_exit 0 "status: completed" -- "$LIONDG" train "${TINY[@]}" --steps 3 --init he --aux-init small --backbone-init xavier \
+  --aux-schedule linear:2 --no-decay-scalars --scalar-lr-mult 0.1 --out "$TMP/custom-plan"
+expect_exit 2 "--aux-schedule" -- "$LIONDG" train "${TINY[@]}" --aux-schedule linear:zero --out "$TMP/bad-schedule"
+expect_exit 2 "--aux-init: ones" -- "$LIONDG" train "${TINY[@]}" --aux-init ones --out "$TMP/bad-aux-init"
+expect_exit 2 "--backbone-init: orthogonal" -- "$LIONDG" train "${TINY[@]}" --backbone-init orthogonal --out "$TMP/bad-bb"
+
+# Proposition 2 and Theorem 1 from the command line
+expect_exit 0 "Proposition 2 supported" -- "$LIONDG" verify growth --dataset synthetic --synthetic-train-size 256 \
+  --synthetic-image-size 16 --synthetic-classes 4 --growth-rate 4 --block-layers 2,2,2 --threads 1 --steps 25 \
+  --fit-steps 10 --batch-size 32 --csv "$TMP/growth.csv"
+if [[ $(wc -l < "$TMP/growth.csv") -eq 26 ]]; then pass=$((pass + 1)); else echo "FAIL: growth.csv rows"; fail=$((fail + 1)); fi
+expect_exit 0 "side-tap requirement supported" -- "$LIONDG" verify architecture "${TINY_DATA[@]}" --widths 8,16,32 \
+  --blocks-per-stage 1,1,1 --steps 10 --batch-size 32 --csv "$TMP/arch.csv"
+expect_exit 0 "DECOUPLED (backbone gradient exactly zero) as expected" -- "$LIONDG" verify decoupling "${TINY_DATA[@]}" \
+  --init lion-lsuv --batch-size 32
+expect_exit 0 "COUPLED as expected" -- "$LIONDG" verify decoupling "${TINY_DATA[@]}" --init fixup --batch-size 32
+
 # parameter counts per role
 expect_exit 0 "total: 163182" -- "$LIONDG" describe --model densenet-ds
 expect_exit 0 "aux_head_1 reads tap 'stage2' (32 channels)" -- "$LIONDG" describe --model resnet-ds

@@ -170,7 +170,7 @@ TEST(Run, WritesConfigMetricsSummaryAndLoadableModel) {
   std::vector<std::string> lines;
   for (std::string line; std::getline(csv, line);) lines.push_back(line);
   ASSERT_EQ(lines.size(), 7u);  // header + 6 steps
-  EXPECT_EQ(lines[0].rfind("step,loss,main_loss,aux_loss_0,aux_loss_1,main_acc", 0), 0u);
+  EXPECT_EQ(lines[0].rfind("step,loss,aux_weight,main_loss,aux_loss_0,aux_loss_1,main_acc", 0), 0u);
   const auto columns = std::count(lines[0].begin(), lines[0].end(), ',');
   for (const auto& l : lines) EXPECT_EQ(std::count(l.begin(), l.end(), ','), columns) << l;
 

@@ -18,9 +18,13 @@ constexpr int kExitDiverged = 3;
 void add_train_command(CLI::App& app, int& status);
 void add_verify_command(CLI::App& app, int& status);
 void add_describe_command(CLI::App& app, int& status);
+void add_verify_theory_commands(CLI::App& verify, int& status);
 
 /// Registers the model-shape options shared by every command that builds a model.
 void add_model_options(CLI::App& cmd, ModelSpec& spec);
+
+/// Registers --init (a preset), --backbone-init and --aux-init.
+void add_init_options(CLI::App& cmd, std::string& preset, std::string& backbone, std::string& aux);
 
 /// Registers --dataset, --data and the synthetic data set's options.
 void add_data_options(CLI::App& cmd, std::string& dataset, std::string& path, SyntheticOptions& synthetic);

@@ -4,7 +4,7 @@
 
 #include <liondg/data/dataset.h>
 #include <liondg/experiment/run.h>
-#include <liondg/init/init.h>
+#include <liondg/init/plan.h>
 #include <liondg/train/progress.h>
 
 #include <nlohmann/json.hpp>
@@ -44,6 +44,17 @@ void add_model_options(CLI::App& cmd, ModelSpec& spec) {
       ->capture_default_str();
 }
 
+void add_init_options(CLI::App& cmd, std::string& preset, std::string& backbone, std::string& aux) {
+  cmd.add_option("--init", preset,
+                 "Init preset: he, xavier, lion-dg (he+zero), lsuv, lion-lsuv (lsuv+zero), fixup, rezero, gradinit")
+      ->check(CLI::IsMember(init_preset_names()))
+      ->capture_default_str();
+  cmd.add_option("--backbone-init", backbone, "Override the preset's backbone policy")
+      ->check(CLI::IsMember(backbone_policy_names()));
+  cmd.add_option("--aux-init", aux, "Override the preset's auxiliary-head policy")
+      ->check(CLI::IsMember(aux_policy_names()));
+}
+
 void add_data_options(CLI::App& cmd, std::string& dataset, std::string& path, SyntheticOptions& syn) {
   cmd.add_option("--dataset", dataset, "Data set")->check(CLI::IsMember(dataset_names()))->capture_default_str();
   cmd.add_option("--data", path,
@@ -73,9 +84,41 @@ void add_train_command(CLI::App& app, int& status) {
   auto flags = std::make_shared<std::tuple<bool, bool, bool, bool>>();  // no_hflip, quiet, json, no_save
 
   add_model_options(*cmd, config->model);
-  cmd->add_option("--init", config->init, "Initialization policy")
-      ->check(CLI::IsMember(init_policy_names()))
+  add_init_options(*cmd, config->init, config->backbone_init, config->aux_init);
+  cmd->add_option("--lsuv-samples", config->lsuv.samples(), "LSUV calibration images")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  cmd->add_option("--lsuv-tolerance", config->lsuv.tolerance(), "LSUV |Var - 1| tolerance")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--lsuv-max-iter", config->lsuv.max_iterations(), "LSUV rescalings per layer at most")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--gradinit-iters", config->gradinit.iterations(), "GradInit iterations")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--gradinit-alg", config->gradinit.algorithm(), "GradInit simulated optimizer")
+      ->check(CLI::IsMember({"adam", "sgd"}))
+      ->capture_default_str();
+  cmd->add_option("--gradinit-eta", config->gradinit.eta(), "GradInit step size eta")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--gradinit-gamma", config->gradinit.gamma(), "GradInit gradient-norm bound (default: inf)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--gradinit-lr", config->gradinit.lr(), "Learning rate of the GradInit scales")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--gradinit-min-scale", config->gradinit.min_scale(), "Lower bound of the weight scales")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--gradinit-grad-clip", config->gradinit.grad_clip(), "Per-scale gradient clip (0 = off)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--gradinit-batch-size", config->gradinit.batch_size(), "GradInit examples per iteration")
+      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20))
+      ->capture_default_str();
+  cmd->add_flag("--no-batch-norm", [config](int64_t) { config->model.batch_norm = false; },
+                "Build the model without BatchNorm (Fixup's normalization-free variant)");
   add_data_options(*cmd, config->dataset, config->data_path, config->synthetic);
   cmd->add_option("--steps", opts->steps(), "Training steps")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--batch-size", opts->batch_size(), "Batch size")->check(CLI::PositiveNumber)->capture_default_str();
@@ -88,6 +131,30 @@ void add_train_command(CLI::App& app, int& status) {
       ->capture_default_str();
   cmd->add_option("--aux-weight", opts->aux_weight(), "alpha in L = L_main + alpha * sum L_aux")
       ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  auto schedule = std::make_shared<std::string>("constant");
+  cmd->add_option("--aux-schedule", *schedule, "Auxiliary-weight schedule: constant, or linear:T (alpha * min(1, t/T))")
+      ->check([](const std::string& v) -> std::string {
+        if (v == "constant") return "";
+        if (v.rfind("linear:", 0) == 0) {
+          try {
+            size_t used = 0;
+            const long long t = std::stoll(v.substr(7), &used);
+            if (t > 0 && used == v.size() - 7) return "";
+          } catch (const std::exception&) {
+          }
+        }
+        return "expected 'constant' or 'linear:T' with an integer T > 0, got '" + v + "'";
+      })
+      ->capture_default_str();
+  cmd->add_option("--optimizer", opts->optimizer(), "Optimizer")
+      ->check(CLI::IsMember({"adamw", "sgd"}))
+      ->capture_default_str();
+  cmd->add_option("--momentum", opts->momentum(), "SGD momentum")->check(CLI::Range(0.0, 0.999999))->capture_default_str();
+  cmd->add_flag("--no-decay-scalars", opts->no_decay_scalars(), "No weight decay on one-element parameters");
+  cmd->add_flag("--no-decay-zero-init", opts->no_decay_zero_init(), "No weight decay on parameters that start at zero");
+  cmd->add_option("--scalar-lr-mult", opts->scalar_lr_mult(), "Learning-rate multiplier of one-element parameters")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->add_option("--target-acc", opts->target_acc(), "Training-accuracy target for steps-to-target")
       ->check(CLI::Range(0.0, 1.0))
@@ -116,10 +183,11 @@ void add_train_command(CLI::App& app, int& status) {
   cmd->add_flag("--no-save-model", std::get<3>(*flags), "Do not write model.pt");
   config->out_dir.clear();
 
-  cmd->callback([config, opts, flags, &status]() {
+  cmd->callback([config, opts, flags, schedule, &status]() {
     RunConfig c = *config;
     const auto [no_hflip, quiet, as_json, no_save] = *flags;
     c.train = *opts;
+    c.train.aux_warmup_steps(*schedule == "constant" ? 0 : std::stoll(schedule->substr(7)));
     c.train.hflip(!no_hflip);
     c.save_model = !no_save;
     c.synthetic.width = c.synthetic.height;
@@ -150,7 +218,9 @@ void add_train_command(CLI::App& app, int& status) {
         }
         std::cout << "\n";
       }
-      std::cout << "wall time: " << s.wall_seconds << " s (init " << r.init_seconds << " s)\n";
+      std::cout << "wall time: " << s.wall_seconds << " s (init " << r.init_seconds << " s, of which calibration "
+                << r.calibration_seconds << " s)\n";
+      for (const auto& w : r.init_warnings) std::cout << "init warning: " << w << "\n";
     }
     if (s.status == "diverged") {
       std::cerr << "error: run diverged: " << s.diverged_reason << "; results so far are in " << r.out_dir << "\n";

@@ -4,7 +4,7 @@
 
 #include <liondg/experiment/decoupling.h>
 #include <liondg/experiment/run.h>
-#include <liondg/init/init.h>
+#include <liondg/init/plan.h>
 
 #include <nlohmann/json.hpp>
 
@@ -22,24 +22,23 @@ void add_verify_command(CLI::App& app, int& status) {
   auto as_json = std::make_shared<bool>(false);
   auto threads = std::make_shared<int>(0);
   add_model_options(*cmd, config->model);
-  cmd->add_option("--init", config->init, "Initialization policy")
-      ->check(CLI::IsMember(init_policy_names()))
-      ->capture_default_str();
+  add_init_options(*cmd, config->init, config->backbone_init, config->aux_init);
   add_data_options(*cmd, config->dataset, config->data_path, config->synthetic);
   cmd->add_option("--batch-size", config->batch_size, "Batch size")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--aux-weight", config->aux_weight, "alpha")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--seed", config->seed, "Seed of the initialization")->capture_default_str();
   cmd->add_option("--threads", *threads, "Intra-op CPU threads (0 = all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_flag("--json", *as_json, "Print a JSON object instead of the verdict line");
+  add_verify_theory_commands(*verify, status);
 
   cmd->callback([config, as_json, threads, &status]() {
     set_threads(*threads);
     DecouplingConfig c = *config;
     c.synthetic.width = c.synthetic.height;
     const DecouplingResult r = verify_decoupling(c);
-    // LION-DG zeroes the auxiliary logits layers, so decoupling is expected exactly
-    // for it; every other policy is expected to couple.
-    const bool expected = init_policy_from_string(r.init) == InitPolicy::kLionDG;
+    // The auxiliary policy `zero` (lion-dg, lion-lsuv) zeroes the auxiliary logits
+    // layers, so decoupling is expected exactly for it; every other plan couples.
+    const bool expected = r.aux_policy == AuxPolicy::kZero;
     if (*as_json) {
       nlohmann::json j{{"model", r.model},
                        {"init", r.init},

@@ -48,14 +48,41 @@ TrainBatcher::TrainBatcher(const Dataset& data, ChannelStats stats, BatcherOptio
   reshuffle();
 }
 
-void TrainBatcher::reshuffle() {
-  std::iota(order_.begin(), order_.end(), int64_t{0});
-  // Fisher-Yates with our own generator: identical order for a seed on every platform.
-  for (size_t i = order_.size() - 1; i > 0; --i) {
-    const size_t j = static_cast<size_t>(rng_() % (i + 1));
-    std::swap(order_[i], order_[j]);
+namespace {
+// Fisher-Yates with our own generator: identical order for a seed on every platform.
+void shuffle_indices(std::vector<int64_t>& order, std::mt19937_64& rng) {
+  std::iota(order.begin(), order.end(), int64_t{0});
+  for (size_t i = order.size() - 1; i > 0; --i) {
+    const size_t j = static_cast<size_t>(rng() % (i + 1));
+    std::swap(order[i], order[j]);
   }
+}
+}  // namespace
+
+void TrainBatcher::reshuffle() {
+  shuffle_indices(order_, rng_);
   cursor_ = 0;
+}
+
+CalibrationSampler::CalibrationSampler(const Dataset& data, ChannelStats stats, uint64_t seed)
+    : data_(data), stats_(std::move(stats)), rng_(seed), order_(static_cast<size_t>(data.size())) {
+  TORCH_CHECK_VALUE(data_.size() > 0, "calibration needs a non-empty training split");
+  shuffle_indices(order_, rng_);
+}
+
+std::pair<torch::Tensor, torch::Tensor> CalibrationSampler::next(int64_t n) {
+  TORCH_CHECK_VALUE(n > 0, "calibration batch size must be > 0, got ", n);
+  std::vector<int64_t> picked;
+  picked.reserve(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    if (cursor_ == order_.size()) {
+      shuffle_indices(order_, rng_);
+      cursor_ = 0;
+    }
+    picked.push_back(order_[cursor_++]);
+  }
+  torch::Tensor index = torch::tensor(picked, torch::kInt64);
+  return {normalize(data_.images.index_select(0, index), stats_), data_.labels.index_select(0, index)};
 }
 
 std::pair<torch::Tensor, torch::Tensor> TrainBatcher::next() {

@@ -3,7 +3,6 @@
 #include <liondg/build_info.h>
 #include <liondg/errors.h>
 #include <liondg/experiment/run.h>
-#include <liondg/init/init.h>
 #include <liondg/train/progress.h>
 #include <liondg/util/fs.h>
 
@@ -28,7 +27,7 @@ class CsvMetricsWriter : public RecordSink {
  public:
   CsvMetricsWriter(const std::string& path, int64_t num_aux) : path_(path), num_aux_(num_aux), out_(path) {
     if (!out_) throw DataError("cannot write '" + path + "'");
-    out_ << "step,loss,main_loss";
+    out_ << "step,loss,aux_weight,main_loss";
     for (int64_t k = 0; k < num_aux_; ++k) out_ << ",aux_loss_" << k;
     out_ << ",main_acc";
     for (int64_t k = 0; k < num_aux_; ++k) out_ << ",aux_acc_" << k;
@@ -45,7 +44,7 @@ class CsvMetricsWriter : public RecordSink {
     flush_pending();
     std::ostringstream row;
     row.precision(9);
-    row << r.step << ',' << r.loss << ',' << r.main_loss;
+    row << r.step << ',' << r.loss << ',' << r.aux_weight << ',' << r.main_loss;
     for (double v : r.aux_losses) row << ',' << v;
     row << ',' << r.main_acc;
     for (double v : r.aux_accs) row << ',' << v;
@@ -111,8 +110,26 @@ json config_json(const RunConfig& c, const DataSource& data, const ChannelStats&
                 {"widths", c.model.widths},
                 {"blocks_per_stage", c.model.blocks_per_stage},
                 {"aux_after", c.model.aux_after},
-                {"aux_hidden", c.model.aux_hidden}};
+                {"aux_hidden", c.model.aux_hidden},
+                {"block", to_string(c.model.block)},
+                {"batch_norm", c.model.batch_norm},
+                {"aux_in_branch", c.model.aux_in_branch}};
+  const InitPlan plan = run_init_plan(c);
   j["init"] = c.init;
+  j["init_plan"] = {{"preset", plan.preset}, {"backbone", to_string(plan.backbone)}, {"aux", to_string(plan.aux)}};
+  if (plan.backbone == BackbonePolicy::kLSUV) {
+    j["init_plan"]["lsuv"] = {{"samples", c.lsuv.samples()},
+                              {"target_variance", c.lsuv.target_variance()},
+                              {"tolerance", c.lsuv.tolerance()},
+                              {"max_iterations", c.lsuv.max_iterations()}};
+  }
+  if (plan.backbone == BackbonePolicy::kGradInit) {
+    const auto& g = c.gradinit;
+    j["init_plan"]["gradinit"] = {{"iterations", g.iterations()}, {"algorithm", g.algorithm()},
+                                  {"eta", g.eta()},               {"gamma", std::isfinite(g.gamma()) ? json(g.gamma()) : json("inf")},
+                                  {"lr", g.lr()},                 {"min_scale", g.min_scale()},
+                                  {"grad_clip", g.grad_clip()},   {"batch_size", g.batch_size()}};
+  }
   j["seed"] = c.seed;
   j["threads"] = torch::get_num_threads();
   j["data"] = {{"dataset", data.name},
@@ -133,12 +150,17 @@ json config_json(const RunConfig& c, const DataSource& data, const ChannelStats&
   }
   j["train"] = {{"steps", t.steps()},
                 {"batch_size", t.batch_size()},
-                {"optimizer", "adamw"},
                 {"lr", t.lr()},
                 {"betas", {t.beta1(), t.beta2()}},
                 {"eps", t.eps()},
                 {"weight_decay", t.weight_decay()},
                 {"aux_weight", t.aux_weight()},
+                {"aux_schedule", t.aux_warmup_steps() > 0 ? "linear:" + std::to_string(t.aux_warmup_steps()) : "constant"},
+                {"optimizer", t.optimizer()},
+                {"momentum", t.momentum()},
+                {"no_decay_scalars", t.no_decay_scalars()},
+                {"no_decay_zero_init", t.no_decay_zero_init()},
+                {"scalar_lr_mult", t.scalar_lr_mult()},
                 {"target_acc", t.target_acc()},
                 {"target_window", t.target_window()},
                 {"grad_every", t.grad_every()},
@@ -169,11 +191,20 @@ json summary_json(const RunResult& r, const std::string& status, const std::stri
   j["train_seconds"] = s.train_seconds;
   j["eval_seconds"] = s.eval_seconds;
   j["init_seconds"] = r.init_seconds;
+  j["calibration_seconds"] = r.calibration_seconds;
+  j["init_warnings"] = r.init_warnings;
   j["parameter_counts"] = r.parameter_counts;
   return j;
 }
 
 }  // namespace
+
+InitPlan run_init_plan(const RunConfig& c) {
+  InitPlan plan = resolve_init_plan(c.init, c.backbone_init, c.aux_init);
+  plan.lsuv = c.lsuv;
+  plan.gradinit = c.gradinit;
+  return plan;
+}
 
 void set_threads(int threads) {
   TORCH_CHECK_VALUE(threads >= 0, "threads must be >= 0, got ", threads);
@@ -188,7 +219,7 @@ std::map<std::string, std::string> version_info() {
 RunResult run_experiment(const RunConfig& c_in) {
   RunConfig c = c_in;
   const auto start = std::chrono::steady_clock::now();
-  init_policy_from_string(c.init);  // reject an unknown policy before any work
+  const InitPlan plan = run_init_plan(c);  // rejects unknown policies before any work
   set_threads(c.threads);
 
   // Output directory first: never train for an hour and then fail to write.
@@ -202,19 +233,24 @@ RunResult run_experiment(const RunConfig& c_in) {
   DataSource data = load_dataset(c.dataset, c.data_path, c.synthetic);
   c.model.num_classes = data.num_classes();
   c.model.in_channels = data.channels();
+  c.model.block = plan.required_block();
   c.train.seed(c.seed);
+  const ChannelStats stats = channel_stats(data.train.images);
 
   torch::manual_seed(c.seed);
   std::shared_ptr<DSModelImpl> model = make_model(c.model);
-  const auto t_init = std::chrono::steady_clock::now();
-  init_model_(*model, c.init);
+  CalibrationSampler calibration(data.train, stats, /*seed=*/c.seed ^ 0x9E3779B97F4A7C15ull);
+  const InitResult init =
+      apply_init_plan_(*model, plan, [&](int64_t n) { return calibration.next(n); }, c.train.aux_weight());
   RunResult result;
-  result.init_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_init).count();
+  result.init_seconds = init.seconds;
+  result.calibration_seconds = init.calibration_seconds;
+  result.init_warnings = init.warnings;
   result.parameter_counts = parameter_counts(*model);
   result.out_dir = c.out_dir;
 
-  const ChannelStats stats = channel_stats(data.train.images);
   write_file_atomic(c.out_dir + "/config.json", config_json(c, data, stats).dump(2) + "\n");
+  write_file_atomic(c.out_dir + "/init.json", init.audit_json + "\n");
 
   try {
     CsvMetricsWriter csv(c.out_dir + "/metrics.csv", model->num_aux_heads());

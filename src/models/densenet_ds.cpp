@@ -1,6 +1,7 @@
 // DenseNet-DS: compact DenseNet with auxiliary heads after dense blocks.
 
 #include <liondg/models/densenet_ds.h>
+#include <liondg/models/observe.h>
 
 #include <torch/nn/functional/pooling.h>
 
@@ -11,22 +12,39 @@ torch::nn::Conv2dOptions conv_options(int64_t in, int64_t out, int64_t kernel) {
 }
 }  // namespace
 
-DenseLayerImpl::DenseLayerImpl(int64_t in_channels, int64_t growth) {
-  norm_ = register_module("norm", torch::nn::BatchNorm2d(in_channels));
+DenseLayerImpl::DenseLayerImpl(int64_t in_channels, int64_t growth, BlockKind kind, bool batch_norm) : kind_(kind) {
+  if (batch_norm) norm_ = register_module("norm", torch::nn::BatchNorm2d(in_channels));
   conv_ = register_module("conv", torch::nn::Conv2d(conv_options(in_channels, growth, /*kernel=*/3)));
+  if (kind_ == BlockKind::kFixup) {
+    fixup_bias_a = register_parameter("fixup_bias_a", torch::zeros({1}));
+    fixup_scale = register_parameter("fixup_scale", torch::ones({1}));
+    fixup_bias_b = register_parameter("fixup_bias_b", torch::zeros({1}));
+  } else if (kind_ == BlockKind::kReZero) {
+    rezero_gate = register_parameter("rezero_gate", torch::zeros({1}));
+  }
 }
 
 torch::Tensor DenseLayerImpl::forward(const torch::Tensor& x) {
-  return conv_->forward(torch::relu(norm_->forward(x)));
+  torch::Tensor h = torch::relu(norm_ ? norm_->forward(x) : x);
+  switch (kind_) {
+    case BlockKind::kFixup:
+      return observe(*conv_, conv_->forward(h + fixup_bias_a)) * fixup_scale + fixup_bias_b;
+    case BlockKind::kReZero:
+      return observe(*conv_, conv_->forward(h)) * rezero_gate;
+    case BlockKind::kStandard:
+      break;
+  }
+  return observe(*conv_, conv_->forward(h));
 }
 
-TransitionImpl::TransitionImpl(int64_t in_channels, int64_t out_channels) {
-  norm_ = register_module("norm", torch::nn::BatchNorm2d(in_channels));
+TransitionImpl::TransitionImpl(int64_t in_channels, int64_t out_channels, bool batch_norm) {
+  if (batch_norm) norm_ = register_module("norm", torch::nn::BatchNorm2d(in_channels));
   conv_ = register_module("conv", torch::nn::Conv2d(conv_options(in_channels, out_channels, /*kernel=*/1)));
 }
 
 torch::Tensor TransitionImpl::forward(const torch::Tensor& x) {
-  return torch::avg_pool2d(conv_->forward(torch::relu(norm_->forward(x))), /*kernel_size=*/{2, 2});
+  torch::Tensor h = torch::relu(norm_ ? norm_->forward(x) : x);
+  return torch::avg_pool2d(observe(*conv_, conv_->forward(h)), /*kernel_size=*/{2, 2});
 }
 
 DenseNetDSImpl::DenseNetDSImpl(const DenseNetDSOptions& options_)
@@ -48,18 +66,18 @@ DenseNetDSImpl::DenseNetDSImpl(const DenseNetDSOptions& options_)
     std::vector<DenseLayer> block;
     for (int64_t l = 0; l < layers; ++l) {
       block.push_back(register_module("block" + std::to_string(b + 1) + "_layer" + std::to_string(l + 1),
-                                      DenseLayer(channels, o.growth_rate())));
+                                      DenseLayer(channels, o.growth_rate(), o.block(), o.batch_norm())));
       channels += o.growth_rate();
     }
     blocks_.push_back(std::move(block));
     block_channels_.push_back(channels);
     if (b + 1 < num_blocks) {
       const auto out = std::max<int64_t>(1, static_cast<int64_t>(std::floor(channels * o.compression())));
-      transitions_.push_back(register_module("transition" + std::to_string(b + 1), Transition(channels, out)));
+      transitions_.push_back(register_module("transition" + std::to_string(b + 1), Transition(channels, out, o.batch_norm())));
       channels = out;
     }
   }
-  final_norm_ = register_module("final_norm", torch::nn::BatchNorm2d(channels));
+  if (o.batch_norm()) final_norm_ = register_module("final_norm", torch::nn::BatchNorm2d(channels));
 
   std::vector<AuxHeadSpec> aux;
   for (int64_t block : o.aux_after_blocks()) {
@@ -74,7 +92,7 @@ DenseNetDSImpl::DenseNetDSImpl(const DenseNetDSOptions& options_)
 torch::Tensor DenseNetDSImpl::features(const torch::Tensor& x, Taps& taps) {
   TORCH_CHECK_VALUE(x.dim() == 4 && x.size(1) == options.in_channels(), "DenseNetDS expects input (N,",
                     options.in_channels(), ",H,W), got ", x.sizes());
-  torch::Tensor h = stem_->forward(x);
+  torch::Tensor h = observe(*stem_, stem_->forward(x));
   for (size_t b = 0; b < blocks_.size(); ++b) {
     // Straightforward dense connectivity: each layer reads the concatenation of all
     // earlier feature maps of the block.
@@ -83,7 +101,7 @@ torch::Tensor DenseNetDSImpl::features(const torch::Tensor& x, Taps& taps) {
     h = taps.tap("block" + std::to_string(b + 1), torch::cat(maps, /*dim=*/1));
     if (b < transitions_.size()) h = transitions_[b]->forward(h);
   }
-  return torch::relu(final_norm_->forward(h));
+  return torch::relu(final_norm_ ? final_norm_->forward(h) : h);
 }
 
 DSOutput DenseNetDSImpl::forward(const torch::Tensor& x) {

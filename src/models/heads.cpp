@@ -2,11 +2,30 @@
 
 #include <liondg/errors.h>
 #include <liondg/models/ds_model.h>
+#include <liondg/models/observe.h>
 
 #include <torch/nn/functional/activation.h>
 #include <torch/nn/functional/pooling.h>
 
 namespace liondg {
+
+// ------------------------------------------------------------------ BlockKind
+
+std::string to_string(BlockKind kind) {
+  switch (kind) {
+    case BlockKind::kStandard: return "standard";
+    case BlockKind::kFixup: return "fixup";
+    case BlockKind::kReZero: return "rezero";
+  }
+  return "standard";
+}
+
+BlockKind block_kind_from_string(const std::string& name) {
+  if (name == "standard") return BlockKind::kStandard;
+  if (name == "fixup") return BlockKind::kFixup;
+  if (name == "rezero") return BlockKind::kReZero;
+  throw UsageError("unknown block kind '" + name + "'; expected one of: standard, fixup, rezero");
+}
 
 // ------------------------------------------------------------------ ClassifierHead
 
@@ -20,13 +39,21 @@ ClassifierHeadImpl::ClassifierHeadImpl(const HeadOptions& options_) : options(op
     fc_in = options.hidden();
   }
   fc_ = register_module("fc", torch::nn::Linear(fc_in, options.num_classes()));
+  if (options.feedback_channels() > 0) {
+    feedback_ = register_module("feedback", torch::nn::Linear(options.num_classes(), options.feedback_channels()));
+  }
+}
+
+torch::Tensor ClassifierHeadImpl::feedback(const torch::Tensor& logits) {
+  TORCH_CHECK(feedback_, "this head has no feedback layer (feedback_channels = 0)");
+  return observe(*feedback_, feedback_->forward(logits));
 }
 
 torch::Tensor ClassifierHeadImpl::forward(const torch::Tensor& x) {
   // Global average pooling over the spatial dimensions: (N,C,H,W) -> (N,C).
   torch::Tensor h = x.dim() == 4 ? x.mean(/*dim=*/{2, 3}) : x;
-  if (hidden_) h = torch::relu(hidden_->forward(h));
-  return fc_->forward(h);
+  if (hidden_) h = torch::relu(observe(*hidden_, hidden_->forward(h)));
+  return observe(*fc_, fc_->forward(h));
 }
 
 // ------------------------------------------------------------------ Taps
@@ -63,14 +90,16 @@ ClassifierHead DSModelImpl::aux_head(int64_t k) const {
 }
 
 void DSModelImpl::register_heads(int64_t num_classes, int64_t main_in_channels,
-                                 const std::vector<AuxHeadSpec>& aux, int64_t aux_hidden) {
+                                 const std::vector<AuxHeadSpec>& aux, int64_t aux_hidden, bool feedback) {
   main_head_ = register_module("main_head", ClassifierHead(HeadOptions(main_in_channels, num_classes)));
   aux_heads_ = register_module("aux_heads", torch::nn::ModuleList());
   for (const auto& spec : aux) {
     for (const auto& other : aux_specs_) {
       TORCH_CHECK_VALUE(other.tap != spec.tap, "two auxiliary heads read the same tap '", spec.tap, "'");
     }
-    aux_heads_->push_back(ClassifierHead(HeadOptions(spec.in_channels, num_classes).hidden(aux_hidden)));
+    aux_heads_->push_back(ClassifierHead(HeadOptions(spec.in_channels, num_classes)
+                                             .hidden(aux_hidden)
+                                             .feedback_channels(feedback ? spec.in_channels : 0)));
     aux_specs_.push_back(spec);
   }
 }

@@ -14,6 +14,7 @@ const std::vector<std::string>& model_names() {
 
 std::shared_ptr<DSModelImpl> make_model(const ModelSpec& spec) {
   if (spec.name == "densenet-ds") {
+    if (spec.aux_in_branch) throw UsageError("aux_in_branch is a ResNet-DS variant; densenet-ds has no residual stream");
     return std::make_shared<DenseNetDSImpl>(DenseNetDSOptions(spec.num_classes)
                                                 .in_channels(spec.in_channels)
                                                 .growth_rate(spec.growth_rate)
@@ -21,7 +22,9 @@ std::shared_ptr<DSModelImpl> make_model(const ModelSpec& spec) {
                                                 .block_layers(spec.block_layers)
                                                 .compression(spec.compression)
                                                 .aux_after_blocks(spec.aux_after)
-                                                .aux_hidden(spec.aux_hidden));
+                                                .aux_hidden(spec.aux_hidden)
+                                                .block(spec.block)
+                                                .batch_norm(spec.batch_norm));
   }
   if (spec.name == "resnet-ds") {
     return std::make_shared<ResNetDSImpl>(ResNetDSOptions(spec.num_classes)
@@ -29,7 +32,10 @@ std::shared_ptr<DSModelImpl> make_model(const ModelSpec& spec) {
                                               .widths(spec.widths)
                                               .blocks_per_stage(spec.blocks_per_stage)
                                               .aux_after_stages(spec.aux_after)
-                                              .aux_hidden(spec.aux_hidden));
+                                              .aux_hidden(spec.aux_hidden)
+                                              .block(spec.block)
+                                              .batch_norm(spec.batch_norm)
+                                              .aux_in_branch(spec.aux_in_branch));
   }
   std::string known;
   for (const auto& n : model_names()) known += (known.empty() ? "" : ", ") + n;

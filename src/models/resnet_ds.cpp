@@ -1,5 +1,6 @@
 // ResNet-DS: CIFAR-style ResNet with side-tap auxiliary heads.
 
+#include <liondg/models/observe.h>
 #include <liondg/models/resnet_ds.h>
 
 namespace liondg {
@@ -9,23 +10,57 @@ torch::nn::Conv2dOptions conv3x3(int64_t in, int64_t out, int64_t stride) {
 }
 }  // namespace
 
-BasicBlockImpl::BasicBlockImpl(int64_t in_channels, int64_t out_channels, int64_t stride) {
+BasicBlockImpl::BasicBlockImpl(int64_t in_channels, int64_t out_channels, int64_t stride, BlockKind kind,
+                               bool batch_norm)
+    : kind_(kind) {
   conv1_ = register_module("conv1", torch::nn::Conv2d(conv3x3(in_channels, out_channels, stride)));
-  bn1_ = register_module("bn1", torch::nn::BatchNorm2d(out_channels));
+  if (batch_norm) bn1_ = register_module("bn1", torch::nn::BatchNorm2d(out_channels));
   conv2_ = register_module("conv2", torch::nn::Conv2d(conv3x3(out_channels, out_channels, 1)));
-  bn2_ = register_module("bn2", torch::nn::BatchNorm2d(out_channels));
+  if (batch_norm) bn2_ = register_module("bn2", torch::nn::BatchNorm2d(out_channels));
   if (stride != 1 || in_channels != out_channels) {
     shortcut_conv_ = register_module(
         "shortcut_conv",
         torch::nn::Conv2d(torch::nn::Conv2dOptions(in_channels, out_channels, /*kernel_size=*/1).stride(stride).bias(false)));
-    shortcut_bn_ = register_module("shortcut_bn", torch::nn::BatchNorm2d(out_channels));
+    if (batch_norm) shortcut_bn_ = register_module("shortcut_bn", torch::nn::BatchNorm2d(out_channels));
+  }
+  if (kind_ == BlockKind::kFixup) {
+    fixup_bias1a = register_parameter("fixup_bias1a", torch::zeros({1}));
+    fixup_bias1b = register_parameter("fixup_bias1b", torch::zeros({1}));
+    fixup_bias2a = register_parameter("fixup_bias2a", torch::zeros({1}));
+    fixup_scale = register_parameter("fixup_scale", torch::ones({1}));
+    fixup_bias2b = register_parameter("fixup_bias2b", torch::zeros({1}));
+  } else if (kind_ == BlockKind::kReZero) {
+    rezero_gate = register_parameter("rezero_gate", torch::zeros({1}));
   }
 }
 
+torch::Tensor BasicBlockImpl::shortcut(const torch::Tensor& x) {
+  if (!shortcut_conv_) return x;
+  torch::Tensor s = observe(*shortcut_conv_, shortcut_conv_->forward(x));
+  return shortcut_bn_ ? shortcut_bn_->forward(s) : s;
+}
+
 torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
-  torch::Tensor branch = bn2_->forward(conv2_->forward(torch::relu(bn1_->forward(conv1_->forward(x)))));
-  torch::Tensor identity = shortcut_conv_ ? shortcut_bn_->forward(shortcut_conv_->forward(x)) : x;
-  return torch::relu(branch + identity);
+  auto norm = [](torch::nn::BatchNorm2d& bn, const torch::Tensor& t) { return bn ? bn->forward(t) : t; };
+  switch (kind_) {
+    case BlockKind::kFixup: {
+      const torch::Tensor xb = x + fixup_bias1a;
+      torch::Tensor b = norm(bn1_, observe(*conv1_, conv1_->forward(xb)));
+      b = torch::relu(b + fixup_bias1b);
+      b = norm(bn2_, observe(*conv2_, conv2_->forward(b + fixup_bias2a)));
+      return torch::relu(b * fixup_scale + fixup_bias2b + shortcut(xb));
+    }
+    case BlockKind::kReZero: {
+      torch::Tensor b = torch::relu(norm(bn1_, observe(*conv1_, conv1_->forward(x))));
+      b = torch::relu(norm(bn2_, observe(*conv2_, conv2_->forward(b))));
+      return rezero_gate * b + shortcut(x);
+    }
+    case BlockKind::kStandard:
+      break;
+  }
+  torch::Tensor b = torch::relu(norm(bn1_, observe(*conv1_, conv1_->forward(x))));
+  b = norm(bn2_, observe(*conv2_, conv2_->forward(b)));
+  return torch::relu(b + shortcut(x));
 }
 
 ResNetDSImpl::ResNetDSImpl(const ResNetDSOptions& options_) : DSModelImpl("ResNetDS"), options(options_) {
@@ -36,7 +71,7 @@ ResNetDSImpl::ResNetDSImpl(const ResNetDSOptions& options_) : DSModelImpl("ResNe
                     o.widths().size(), " and ", o.blocks_per_stage().size());
   const int64_t num_stages = static_cast<int64_t>(o.widths().size());
   stem_conv_ = register_module("stem_conv", torch::nn::Conv2d(conv3x3(o.in_channels(), o.widths()[0], 1)));
-  stem_bn_ = register_module("stem_bn", torch::nn::BatchNorm2d(o.widths()[0]));
+  if (o.batch_norm()) stem_bn_ = register_module("stem_bn", torch::nn::BatchNorm2d(o.widths()[0]));
   int64_t channels = o.widths()[0];
   for (int64_t s = 0; s < num_stages; ++s) {
     TORCH_CHECK_VALUE(o.widths()[s] > 0, "ResNetDS: width of stage ", s + 1, " must be > 0, got ", o.widths()[s]);
@@ -46,7 +81,7 @@ ResNetDSImpl::ResNetDSImpl(const ResNetDSOptions& options_) : DSModelImpl("ResNe
     for (int64_t i = 0; i < o.blocks_per_stage()[s]; ++i) {
       const int64_t stride = (s > 0 && i == 0) ? 2 : 1;
       stage.push_back(register_module("stage" + std::to_string(s + 1) + "_block" + std::to_string(i + 1),
-                                      BasicBlock(channels, o.widths()[s], stride)));
+                                      BasicBlock(channels, o.widths()[s], stride, o.block(), o.batch_norm())));
       channels = o.widths()[s];
     }
     stages_.push_back(std::move(stage));
@@ -57,13 +92,20 @@ ResNetDSImpl::ResNetDSImpl(const ResNetDSOptions& options_) : DSModelImpl("ResNe
                       " is invalid; expected a stage in [1, ", num_stages - 1, "]");
     aux.push_back({"stage" + std::to_string(stage), o.widths()[stage - 1]});
   }
-  register_heads(o.num_classes(), channels, aux, o.aux_hidden());
+  register_heads(o.num_classes(), channels, aux, o.aux_hidden(), /*feedback=*/o.aux_in_branch());
+}
+
+int64_t ResNetDSImpl::num_blocks() const {
+  int64_t n = 0;
+  for (const auto& stage : stages_) n += static_cast<int64_t>(stage.size());
+  return n;
 }
 
 torch::Tensor ResNetDSImpl::features(const torch::Tensor& x, Taps& taps) {
   TORCH_CHECK_VALUE(x.dim() == 4 && x.size(1) == options.in_channels(), "ResNetDS expects input (N,",
                     options.in_channels(), ",H,W), got ", x.sizes());
-  torch::Tensor h = torch::relu(stem_bn_->forward(stem_conv_->forward(x)));
+  torch::Tensor h = observe(*stem_conv_, stem_conv_->forward(x));
+  h = torch::relu(stem_bn_ ? stem_bn_->forward(h) : h);
   for (size_t s = 0; s < stages_.size(); ++s) {
     for (auto& block : stages_[s]) h = block->forward(h);
     // Side-tap: the head reads h; the stream continues with the very same h.
@@ -73,9 +115,32 @@ torch::Tensor ResNetDSImpl::features(const torch::Tensor& x, Taps& taps) {
 }
 
 DSOutput ResNetDSImpl::forward(const torch::Tensor& x) {
-  Taps taps = make_taps();
-  torch::Tensor f = features(x, taps);
-  return apply_heads(f, taps);
+  if (!options.aux_in_branch()) {
+    Taps taps = make_taps();
+    torch::Tensor f = features(x, taps);
+    return apply_heads(f, taps);
+  }
+  // Theorem 1 counter-example: each auxiliary head sits inside a residual branch,
+  // stream <- stream + feedback(head(stream)), so auxiliary parameters shape the main path.
+  TORCH_CHECK_VALUE(x.dim() == 4 && x.size(1) == options.in_channels(), "ResNetDS expects input (N,",
+                    options.in_channels(), ",H,W), got ", x.sizes());
+  DSOutput out;
+  out.aux_logits.resize(static_cast<size_t>(num_aux_heads()));
+  const std::vector<std::string> taps = aux_taps();
+  torch::Tensor h = observe(*stem_conv_, stem_conv_->forward(x));
+  h = torch::relu(stem_bn_ ? stem_bn_->forward(h) : h);
+  for (size_t s = 0; s < stages_.size(); ++s) {
+    for (auto& block : stages_[s]) h = block->forward(h);
+    const std::string name = "stage" + std::to_string(s + 1);
+    for (size_t k = 0; k < taps.size(); ++k) {
+      if (taps[k] != name) continue;
+      ClassifierHead head = aux_head(static_cast<int64_t>(k));
+      out.aux_logits[k] = head->forward(h);
+      h = h + head->feedback(out.aux_logits[k]).unsqueeze(-1).unsqueeze(-1);
+    }
+  }
+  out.logits = main_head()->forward(h);
+  return out;
 }
 
 }  // namespace liondg

@@ -5,9 +5,11 @@
 #include <torch/autograd.h>
 #include <torch/nn/functional/loss.h>
 #include <torch/optim/adamw.h>
+#include <torch/optim/sgd.h>
 
 #include <chrono>
 #include <deque>
+#include <map>
 #include <numeric>
 
 namespace liondg {
@@ -68,7 +70,48 @@ Losses compute_losses(const DSOutput& out, const torch::Tensor& labels, double a
   return l;
 }
 
+// The optimizer with its parameter groups: (learning-rate multiplier, decay on/off)
+// per parameter, grouped.
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(DSModelImpl& model, const TrainOptions& o) {
+  std::map<std::pair<bool, bool>, std::vector<torch::Tensor>> groups;  // (scalar, decay off) -> params
+  for (const auto& p : model.parameters()) {
+    const bool scalar = p.numel() == 1;
+    bool zero = false;
+    if (o.no_decay_zero_init()) {
+      torch::NoGradGuard no_grad;
+      zero = p.eq(0).all().item<bool>();
+    }
+    const bool decay_off = (scalar && o.no_decay_scalars()) || (zero && o.no_decay_zero_init());
+    groups[{scalar, decay_off}].push_back(p);
+  }
+  std::vector<torch::optim::OptimizerParamGroup> param_groups;
+  for (auto& [key, params] : groups) {
+    const double lr = o.lr() * (key.first ? o.scalar_lr_mult() : 1.0);
+    const double wd = key.second ? 0.0 : o.weight_decay();
+    if (o.optimizer() == "sgd") {
+      param_groups.emplace_back(params, std::make_unique<torch::optim::SGDOptions>(
+                                            torch::optim::SGDOptions(lr).momentum(o.momentum()).weight_decay(wd)));
+    } else {
+      param_groups.emplace_back(params, std::make_unique<torch::optim::AdamWOptions>(
+                                            torch::optim::AdamWOptions(lr)
+                                                .betas(std::make_tuple(o.beta1(), o.beta2()))
+                                                .eps(o.eps())
+                                                .weight_decay(wd)));
+    }
+  }
+  if (o.optimizer() == "sgd") {
+    return std::make_unique<torch::optim::SGD>(param_groups, torch::optim::SGDOptions(o.lr()));
+  }
+  return std::make_unique<torch::optim::AdamW>(param_groups, torch::optim::AdamWOptions(o.lr()));
+}
+
 }  // namespace
+
+double aux_weight_at(const TrainOptions& o, int64_t step) {
+  if (o.aux_warmup_steps() <= 0) return o.aux_weight();
+  const double t = static_cast<double>(step - 1);
+  return o.aux_weight() * std::min(1.0, t / static_cast<double>(o.aux_warmup_steps()));
+}
 
 EvalRecord evaluate(DSModelImpl& model, const Dataset& split, const ChannelStats& stats, int64_t batch_size) {
   TORCH_CHECK_VALUE(batch_size > 0, "evaluation batch size must be > 0, got ", batch_size);
@@ -125,14 +168,15 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
   TORCH_CHECK_VALUE(o.aux_weight() >= 0, "aux weight must be >= 0, got ", o.aux_weight());
   TORCH_CHECK_VALUE(o.target_window() > 0, "target window must be > 0, got ", o.target_window());
   TORCH_CHECK_VALUE(o.grad_every() >= 0 && o.eval_every() >= 0, "grad_every and eval_every must be >= 0");
+  TORCH_CHECK_VALUE(o.optimizer() == "adamw" || o.optimizer() == "sgd", "optimizer must be adamw or sgd, got '",
+                    o.optimizer(), "'");
+  TORCH_CHECK_VALUE(o.aux_warmup_steps() >= 0, "aux warmup steps must be >= 0, got ", o.aux_warmup_steps());
+  TORCH_CHECK_VALUE(o.scalar_lr_mult() > 0, "scalar lr multiplier must be > 0, got ", o.scalar_lr_mult());
   const auto start = Clock::now();
 
   const ChannelStats stats = channel_stats(data.train.images);
   TrainBatcher batcher(data.train, stats, BatcherOptions{o.batch_size(), o.hflip(), o.seed()});
-  torch::optim::AdamW optimizer(model.parameters(), torch::optim::AdamWOptions(o.lr())
-                                                        .betas(std::make_tuple(o.beta1(), o.beta2()))
-                                                        .eps(o.eps())
-                                                        .weight_decay(o.weight_decay()));
+  std::unique_ptr<torch::optim::Optimizer> optimizer = make_optimizer(model, o);
   const std::vector<torch::Tensor> backbone = parameters_of_kind(model, ParamRole::Kind::kBackbone);
   const int64_t num_aux = model.num_aux_heads();
 
@@ -153,10 +197,12 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
     const auto t0 = Clock::now();
     auto [images, labels] = batcher.next();
     DSOutput out = model.forward(images);
-    Losses l = compute_losses(out, labels, o.aux_weight());
+    const double alpha = aux_weight_at(o, step);
+    Losses l = compute_losses(out, labels, alpha);
 
     StepRecord r;
     r.step = step;
+    r.aux_weight = alpha;
     r.loss = l.total.item<double>();
     r.main_loss = l.main.item<double>();
     for (const auto& a : l.aux) r.aux_losses.push_back(a.item<double>());
@@ -174,7 +220,7 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
     const bool diagnose = o.grad_every() > 0 && (step == 1 || step % o.grad_every() == 0);
     if (diagnose) {
       r.grad_main_norm = l2_norm(grads_of(l.main, backbone));
-      r.grad_aux_norm = num_aux > 0 ? l2_norm(grads_of(l.aux_term, backbone)) : 0.0;
+      r.grad_aux_norm = num_aux > 0 && alpha > 0 ? l2_norm(grads_of(l.aux_term, backbone)) : 0.0;
       r.grad_ratio = r.grad_main_norm > 0 ? r.grad_aux_norm / r.grad_main_norm : NAN;
       if (!std::isfinite(r.grad_main_norm) || !std::isfinite(r.grad_aux_norm)) {
         summary.status = "diverged";
@@ -190,9 +236,9 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
       }
     }
 
-    optimizer.zero_grad();
+    optimizer->zero_grad();
     l.total.backward();
-    optimizer.step();
+    optimizer->step();
 
     window.push_back(r.main_acc);
     window_sum += r.main_acc;
@@ -214,7 +260,7 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
     if (o.eval_every() > 0 && step % o.eval_every() == 0 && step != o.steps()) emit_eval(step);
     if (o.stop_at_target() && summary.steps_to_target) break;
   }
-  if (summary.status == "completed") summary.final_eval = emit_eval(summary.steps_run);
+  if (summary.status == "completed" && o.final_eval()) summary.final_eval = emit_eval(summary.steps_run);
   summary.wall_seconds = seconds_since(start);
   return summary;
 }

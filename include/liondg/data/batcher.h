@@ -51,4 +51,20 @@ class TrainBatcher {
   int64_t epoch_ = 0;
 };
 
+/// Calibration images for data-dependent initializations: `next(n)` returns n
+/// normalized, unaugmented training images in a seeded random order (cycling).
+class CalibrationSampler {
+ public:
+  CalibrationSampler(const Dataset& data, ChannelStats stats, uint64_t seed);
+  // -> images float (n,C,H,W), labels int64 (n)
+  std::pair<torch::Tensor, torch::Tensor> next(int64_t n);
+
+ private:
+  const Dataset& data_;
+  ChannelStats stats_;
+  std::mt19937_64 rng_;
+  std::vector<int64_t> order_;
+  size_t cursor_ = 0;
+};
+
 }  // namespace liondg

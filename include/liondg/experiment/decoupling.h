@@ -3,6 +3,7 @@
 // losses send into the backbone.
 
 #include <liondg/data/dataset.h>
+#include <liondg/init/plan.h>
 #include <liondg/models/registry.h>
 
 #include <string>
@@ -11,7 +12,9 @@ namespace liondg {
 
 struct DecouplingConfig {
   ModelSpec model;
-  std::string init = "lion-dg";
+  std::string init = "lion-dg";  // preset
+  std::string backbone_init;     // optional overrides of the preset
+  std::string aux_init;
   std::string dataset = "fashion-mnist";
   std::string data_path;
   SyntheticOptions synthetic;
@@ -23,6 +26,7 @@ struct DecouplingConfig {
 struct DecouplingResult {
   std::string model;
   std::string init;
+  AuxPolicy aux_policy = AuxPolicy::kInherit;
   double backbone_max_abs_grad = 0;  // max |d(alpha sum L_aux)/d theta| over backbone parameters
   double aux_head_max_abs_grad = 0;  // same over auxiliary-head parameters
   double backbone_aux_grad_norm = 0;

@@ -6,6 +6,7 @@
 // model.pt (loadable with torch::load into the same model).
 
 #include <liondg/data/dataset.h>
+#include <liondg/init/plan.h>
 #include <liondg/models/registry.h>
 #include <liondg/train/trainer.h>
 
@@ -17,7 +18,11 @@ namespace liondg {
 
 struct RunConfig {
   ModelSpec model;                   // num_classes / in_channels are taken from the data
-  std::string init = "lion-dg";      // he | xavier | lion-dg
+  std::string init = "lion-dg";      // a preset (init_preset_names())
+  std::string backbone_init;         // "" = the preset's backbone policy
+  std::string aux_init;              // "" = the preset's auxiliary-head policy
+  LSUVOptions lsuv;
+  GradInitOptions gradinit;
   std::string dataset = "fashion-mnist";
   std::string data_path;             // "" = the data set's default location
   SyntheticOptions synthetic;        // for dataset "synthetic"
@@ -34,7 +39,9 @@ struct RunConfig {
 struct RunResult {
   TrainSummary summary;
   std::map<std::string, int64_t> parameter_counts;
-  double init_seconds = 0;
+  double init_seconds = 0;         // the whole init plan
+  double calibration_seconds = 0;  // its data-dependent part (LSUV, GradInit)
+  std::vector<std::string> init_warnings;
   std::string out_dir;
 };
 
@@ -42,6 +49,9 @@ struct RunResult {
 /// bad options and DataError for data or output problems; files written before
 /// a failure stay valid (summary.json then records status "failed").
 RunResult run_experiment(const RunConfig& config);
+
+/// The init plan a configuration resolves to.
+InitPlan run_init_plan(const RunConfig& config);
 
 /// Sets libtorch's intra-op thread count (0 = hardware concurrency).
 void set_threads(int threads);

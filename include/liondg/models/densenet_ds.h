@@ -6,6 +6,11 @@
 //   dense layer: BN-ReLU-Conv3x3(growth), its output concatenated to its input
 //   transition:  BN-ReLU-Conv1x1(floor(C * compression)) -> AvgPool 2x2
 //   auxiliary heads (GAP -> Linear) read the outputs of blocks 1 and 2.
+//
+// Variants for the Fixup and ReZero baselines (see docs/init.md for the rules):
+//   fixup:  new = scale * Conv(relu(BN(x)) + bias_a) + bias_b   (scalars per dense layer)
+//   rezero: new = gate * Conv(relu(BN(x)))                      (gate initialized to 0)
+//   batch_norm(false) removes every BatchNorm (the normalization-free variant).
 
 #include <liondg/models/ds_model.h>
 
@@ -30,16 +35,28 @@ struct DenseNetDSOptions {
   TORCH_ARG(std::vector<int64_t>, aux_after_blocks) = std::vector<int64_t>{1, 2};
   /// Hidden width of the auxiliary heads (0 = GAP -> Linear, as in the paper).
   TORCH_ARG(int64_t, aux_hidden) = 0;
+  /// Dense-layer variant (standard, fixup, rezero).
+  TORCH_ARG(BlockKind, block) = BlockKind::kStandard;
+  /// false: no BatchNorm anywhere (for Fixup's normalization-free variant).
+  TORCH_ARG(bool, batch_norm) = true;
 };
 
 /// One dense layer: BN-ReLU-Conv3x3 producing `growth` new channels.
 class DenseLayerImpl : public torch::nn::Module {
  public:
-  DenseLayerImpl(int64_t in_channels, int64_t growth);
+  DenseLayerImpl(int64_t in_channels, int64_t growth, BlockKind kind = BlockKind::kStandard,
+                 bool batch_norm = true);
   // x: (N,C_in,H,W) -> new features (N,growth,H,W)
   torch::Tensor forward(const torch::Tensor& x);
+  torch::nn::Conv2d conv() const { return conv_; }
+  BlockKind kind() const { return kind_; }
+  /// Fixup scalars (undefined for other kinds): bias before the conv, multiplier and bias after it.
+  torch::Tensor fixup_bias_a, fixup_scale, fixup_bias_b;
+  /// ReZero gate (undefined for other kinds).
+  torch::Tensor rezero_gate;
 
  private:
+  BlockKind kind_;
   torch::nn::BatchNorm2d norm_{nullptr};
   torch::nn::Conv2d conv_{nullptr};
 };
@@ -48,7 +65,7 @@ TORCH_MODULE(DenseLayer);
 /// Transition: BN-ReLU-Conv1x1 then 2x2 average pooling.
 class TransitionImpl : public torch::nn::Module {
  public:
-  TransitionImpl(int64_t in_channels, int64_t out_channels);
+  TransitionImpl(int64_t in_channels, int64_t out_channels, bool batch_norm = true);
   // x: (N,C_in,H,W) -> (N,C_out,H/2,W/2)
   torch::Tensor forward(const torch::Tensor& x);
 
@@ -67,6 +84,9 @@ class DenseNetDSImpl : public DSModelImpl {
   torch::Tensor features(const torch::Tensor& x, Taps& taps);
   /// Channels at the output of each dense block.
   const std::vector<int64_t>& block_channels() const { return block_channels_; }
+
+  /// Every dense layer, block by block.
+  const std::vector<std::vector<DenseLayer>>& blocks() const { return blocks_; }
 
   DenseNetDSOptions options;
 

@@ -18,6 +18,19 @@
 
 namespace liondg {
 
+// ------------------------------------------------------------------ block variants
+
+/// How a residual branch (ResNet-DS) or a dense layer (DenseNet-DS) is built.
+/// kFixup and kReZero add the scalar parameters those initializations need.
+enum class BlockKind {
+  kStandard,  // the plain block
+  kFixup,     // Fixup (Zhang et al. 2019): scalar biases before each layer and a scalar multiplier
+  kReZero,    // ReZero (Bachlechner et al. 2020): a scalar gate on the branch output
+};
+/// "standard" | "fixup" | "rezero"
+std::string to_string(BlockKind kind);
+BlockKind block_kind_from_string(const std::string& name);
+
 // ------------------------------------------------------------------ heads
 
 /// Options of a classifier head: global average pooling, an optional hidden
@@ -30,6 +43,9 @@ struct HeadOptions {
   TORCH_ARG(int64_t, num_classes);
   /// 0: GAP -> Linear (the paper's head). > 0: GAP -> Linear(hidden) -> ReLU -> Linear.
   TORCH_ARG(int64_t, hidden) = 0;
+  /// > 0: a Linear(num_classes -> feedback_channels) that maps the logits back into the
+  /// backbone's stream (only for the in-branch counter-example of Theorem 1).
+  TORCH_ARG(int64_t, feedback_channels) = 0;
 };
 
 /// A classifier head. It only reads its input: no parameter or buffer of the
@@ -41,12 +57,15 @@ class ClassifierHeadImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
   /// The layer producing the logits; LION-DG sets its weight and bias to zero.
   torch::nn::Linear last_layer() const { return fc_; }
+  // logits (N,K) -> (N,C) projection back into the stream (feedback_channels > 0 only)
+  torch::Tensor feedback(const torch::Tensor& logits);
 
   HeadOptions options;
 
  private:
   torch::nn::Linear hidden_{nullptr};
   torch::nn::Linear fc_{nullptr};
+  torch::nn::Linear feedback_{nullptr};
 };
 TORCH_MODULE(ClassifierHead);
 
@@ -103,7 +122,7 @@ class DSModelImpl : public torch::nn::Module {
 
  protected:
   void register_heads(int64_t num_classes, int64_t main_in_channels,
-                      const std::vector<AuxHeadSpec>& aux, int64_t aux_hidden);
+                      const std::vector<AuxHeadSpec>& aux, int64_t aux_hidden, bool feedback = false);
   /// Applies the main head to `features` and each auxiliary head to its tap.
   DSOutput apply_heads(const torch::Tensor& features, const Taps& taps);
   /// A Taps object requesting every auxiliary head's tap point.

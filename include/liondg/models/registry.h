@@ -21,6 +21,9 @@ struct ModelSpec {
   std::vector<int64_t> blocks_per_stage = {3, 3, 3};  // resnet-ds
   std::vector<int64_t> aux_after = {1, 2};  // blocks (densenet) or stages (resnet)
   int64_t aux_hidden = 0;
+  BlockKind block = BlockKind::kStandard;   // set from the init plan (fixup / rezero need their scalars)
+  bool batch_norm = true;                   // false: normalization-free (Fixup's variant)
+  bool aux_in_branch = false;               // resnet-ds: Theorem 1 counter-example
 };
 
 /// Names accepted by `make_model`.

@@ -6,6 +6,14 @@
 //   stages after the first halves the resolution (1x1 conv + BN projection shortcut).
 //   Auxiliary heads (GAP -> Linear) are side-taps: they read a stage's output and
 //   their result never enters the residual stream.
+//
+// Variants:
+//   block fixup:  relu(scale * conv2(relu(conv1(x + b1a) + b1b) + b2a) + b2b + shortcut(x + b1a))
+//   block rezero: gate * relu(BN(conv2(relu(BN(conv1(x)))))) + shortcut(x), gate initialized to 0
+//   batch_norm(false): no BatchNorm anywhere (Fixup's normalization-free variant)
+//   aux_in_branch(true): the Theorem 1 counter-example -- each auxiliary head's logits are
+//     projected back (Linear K -> C) and added to the stream, so the auxiliary path sits inside
+//     a residual branch instead of beside it.
 
 #include <liondg/models/ds_model.h>
 
@@ -25,16 +33,35 @@ struct ResNetDSOptions {
   /// 1-based indices of the stages whose output an auxiliary head reads.
   TORCH_ARG(std::vector<int64_t>, aux_after_stages) = std::vector<int64_t>{1, 2};
   TORCH_ARG(int64_t, aux_hidden) = 0;
+  /// Residual-branch variant (standard, fixup, rezero).
+  TORCH_ARG(BlockKind, block) = BlockKind::kStandard;
+  /// false: no BatchNorm anywhere.
+  TORCH_ARG(bool, batch_norm) = true;
+  /// true: auxiliary outputs are fed back into the stream (Theorem 1 counter-example).
+  TORCH_ARG(bool, aux_in_branch) = false;
 };
 
-/// Basic residual block: relu(BN(conv(relu(BN(conv(x))))) + shortcut(x)).
+/// Basic residual block: relu(BN(conv(relu(BN(conv(x))))) + shortcut(x)) and its variants.
 class BasicBlockImpl : public torch::nn::Module {
  public:
-  BasicBlockImpl(int64_t in_channels, int64_t out_channels, int64_t stride);
+  BasicBlockImpl(int64_t in_channels, int64_t out_channels, int64_t stride,
+                 BlockKind kind = BlockKind::kStandard, bool batch_norm = true);
   // x: (N,C_in,H,W) -> (N,C_out,H/stride,W/stride)
   torch::Tensor forward(const torch::Tensor& x);
+  /// The shortcut path alone: x, or the 1x1 projection (+ BN) when the shape changes.
+  torch::Tensor shortcut(const torch::Tensor& x);
+
+  torch::nn::Conv2d conv1() const { return conv1_; }
+  torch::nn::Conv2d conv2() const { return conv2_; }
+  torch::nn::Conv2d shortcut_conv() const { return shortcut_conv_; }
+  BlockKind kind() const { return kind_; }
+  /// Fixup scalars (undefined for other kinds).
+  torch::Tensor fixup_bias1a, fixup_bias1b, fixup_bias2a, fixup_bias2b, fixup_scale;
+  /// ReZero gate (undefined for other kinds).
+  torch::Tensor rezero_gate;
 
  private:
+  BlockKind kind_;
   torch::nn::Conv2d conv1_{nullptr}, conv2_{nullptr};
   torch::nn::BatchNorm2d bn1_{nullptr}, bn2_{nullptr};
   torch::nn::Conv2d shortcut_conv_{nullptr};
@@ -49,6 +76,10 @@ class ResNetDSImpl : public DSModelImpl {
   DSOutput forward(const torch::Tensor& x) override;
   /// Backbone only: final stage output (N,C_last,H',W'); records taps "stage<i>".
   torch::Tensor features(const torch::Tensor& x, Taps& taps);
+  /// Every basic block, stage by stage.
+  const std::vector<std::vector<BasicBlock>>& stages() const { return stages_; }
+  /// Number of residual branches (L in Fixup's rule).
+  int64_t num_blocks() const;
 
   ResNetDSOptions options;
 

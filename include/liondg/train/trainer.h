@@ -26,6 +26,19 @@ struct TrainOptions {
   TORCH_ARG(double, weight_decay) = 0.05;
   /// alpha in L = L_main + alpha * sum_k L_aux_k.
   TORCH_ARG(double, aux_weight) = 0.3;
+  /// Explicit auxiliary warmup (Lee et al. 2015 style): alpha(t) = alpha * min(1, t / T)
+  /// with t = completed steps (0 at the first step); 0 = constant alpha.
+  TORCH_ARG(int64_t, aux_warmup_steps) = 0;
+  /// "adamw" (the paper) or "sgd" (used by `verify growth`).
+  TORCH_ARG(std::string, optimizer) = "adamw";
+  /// SGD momentum (ignored by AdamW).
+  TORCH_ARG(double, momentum) = 0.0;
+  /// Per-group options used by the Fixup / ReZero reference recipes: no weight decay on
+  /// scalar (one-element) parameters, or on parameters that are exactly zero at the start.
+  TORCH_ARG(bool, no_decay_scalars) = false;
+  TORCH_ARG(bool, no_decay_zero_init) = false;
+  /// Learning-rate multiplier of scalar parameters (Fixup's reference: 0.1).
+  TORCH_ARG(double, scalar_lr_mult) = 1.0;
   /// Steps to target: first step whose mean main-head training accuracy over the
   /// last `target_window` batches reaches `target_acc` (window must be full).
   TORCH_ARG(double, target_acc) = 0.70;
@@ -40,12 +53,15 @@ struct TrainOptions {
   TORCH_ARG(uint64_t, seed) = 42;
   /// Stop as soon as the target is reached (the paper trains the full budget).
   TORCH_ARG(bool, stop_at_target) = false;
+  /// Validate once at the end (diagnostic runs may skip it).
+  TORCH_ARG(bool, final_eval) = true;
 };
 
 /// What one training step records. Gradient fields are NaN on steps without diagnostics.
 struct StepRecord {
   int64_t step = 0;  // 1-based
-  double loss = 0;   // L_main + alpha * sum L_aux
+  double loss = 0;   // L_main + alpha(t) * sum L_aux
+  double aux_weight = 0;  // alpha(t) used at this step
   double main_loss = 0;
   std::vector<double> aux_losses;
   double main_acc = 0;  // batch accuracy of the main head
@@ -86,6 +102,9 @@ class RecordSink {
   virtual void on_step(const StepRecord& /*record*/) {}
   virtual void on_eval(const EvalRecord& /*record*/) {}
 };
+
+/// alpha(t) of the auxiliary schedule at 1-based `step`.
+double aux_weight_at(const TrainOptions& options, int64_t step);
 
 /// Evaluates every head on `split` in inference mode (batch statistics frozen).
 EvalRecord evaluate(DSModelImpl& model, const Dataset& split, const ChannelStats& stats, int64_t batch_size);
