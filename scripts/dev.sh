@@ -17,7 +17,7 @@ JOBS=${JOBS:-$(nproc)}
 
 # Debian packages the project needs to build, test and run its main job.
 PACKAGES=(build-essential cmake ninja-build pkg-config libtorch-dev libgtest-dev nlohmann-json3-dev
-          libcli11-dev zlib1g-dev dataset-fashion-mnist)
+          libcli11-dev zlib1g-dev dataset-fashion-mnist libtomlplusplus-dev gnuplot-nox libboost-math-dev)
 
 deps() {
   local missing=()

@@ -114,7 +114,9 @@ TEST(Fixup, ZeroBranchEndsScalingAndIdentityAtInit) {
       EXPECT_EQ(block->fixup_bias1a.item<float>(), 0.0f);
       const auto& w = block->conv1()->weight;
       const double expected = std::sqrt(2.0 / (w.size(0) * 9.0)) / 3.0;
-      if (w.numel() >= 4000) EXPECT_NEAR(w.std().item<double>() / expected, 1.0, 0.08);
+      if (w.numel() >= 4000) {
+        EXPECT_NEAR(w.std().item<double>() / expected, 1.0, 0.08);
+      }
     }
   }
   auto fc = model->main_head()->last_layer();
@@ -241,7 +243,9 @@ TEST(GradInit, ViolatedConstraintTakesConstraintSteps) {
                                GradInitOptions().iterations(3).gamma(1e-6).batch_size(32).min_scale(0.9), 0.3);
   EXPECT_EQ(r.constraint_steps, 3);
   for (const auto& [name, alpha] : r.scales) {
-    if (name.find("bias") == std::string::npos) EXPECT_GE(alpha, 0.9) << name;
+    if (name.find("bias") == std::string::npos) {
+      EXPECT_GE(alpha, 0.9) << name;
+    }
   }
 }
 

@@ -3,6 +3,7 @@
 //   liondg train  --model densenet-ds --init lion-dg --dataset fashion-mnist ...
 //   liondg verify decoupling --model resnet-ds --init lion-dg
 //   liondg describe --model densenet-ds --num-classes 100
+//   liondg grid --preset quick        liondg report DIR
 //
 // Exit codes: 0 success, 1 runtime error (data, I/O), 2 usage error, 3 diverged run.
 
@@ -24,6 +25,7 @@ int main(int argc, char** argv) {
   add_train_command(app, status);
   add_verify_command(app, status);
   add_describe_command(app, status);
+  add_grid_commands(app, status);
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {

@@ -139,7 +139,7 @@ json config_json(const RunConfig& c, const DataSource& data, const ChannelStats&
                {"shape", {data.channels(), data.height(), data.width()}},
                {"train_size", data.train.size()},
                {"eval_split", "test"},
-               {"eval_size", data.test.size()},
+               {"eval_size", c.train.eval_limit() > 0 ? std::min(c.train.eval_limit(), data.test.size()) : data.test.size()},
                {"normalization_mean", stats.mean},
                {"normalization_std", stats.std}};
   if (data.name == "synthetic") {
@@ -166,6 +166,7 @@ json config_json(const RunConfig& c, const DataSource& data, const ChannelStats&
                 {"grad_every", t.grad_every()},
                 {"eval_every", t.eval_every()},
                 {"eval_batch_size", t.eval_batch_size()},
+                {"eval_limit", t.eval_limit()},
                 {"hflip", t.hflip()},
                 {"stop_at_target", t.stop_at_target()}};
   j["versions"] = version_info();

@@ -183,9 +183,16 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
   TrainSummary summary;
   std::deque<double> window;
   double window_sum = 0.0;
+  TORCH_CHECK_VALUE(o.eval_limit() >= 0, "eval limit must be >= 0, got ", o.eval_limit());
+  Dataset eval_split = data.test;
+  if (o.eval_limit() > 0 && o.eval_limit() < eval_split.size()) {
+    eval_split.images = eval_split.images.narrow(0, 0, o.eval_limit());
+    eval_split.labels = eval_split.labels.narrow(0, 0, o.eval_limit());
+    if (eval_split.coarse_labels.defined()) eval_split.coarse_labels = eval_split.coarse_labels.narrow(0, 0, o.eval_limit());
+  }
   auto emit_eval = [&](int64_t step) {
     const auto t0 = Clock::now();
-    EvalRecord e = evaluate(model, data.test, stats, o.eval_batch_size());
+    EvalRecord e = evaluate(model, eval_split, stats, o.eval_batch_size());
     e.step = step;
     summary.eval_seconds += seconds_since(t0);
     for (auto* s : sinks) s->on_eval(e);

@@ -48,6 +48,8 @@ struct TrainOptions {
   /// Validation of every head every E steps (0 = only at the end).
   TORCH_ARG(int64_t, eval_every) = 500;
   TORCH_ARG(int64_t, eval_batch_size) = 256;
+  /// Validate on the first N images of the evaluation split only (0 = all).
+  TORCH_ARG(int64_t, eval_limit) = 0;
   TORCH_ARG(bool, hflip) = true;
   /// Seed of the data order and augmentation (model init is seeded by the caller).
   TORCH_ARG(uint64_t, seed) = 42;

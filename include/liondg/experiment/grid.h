@@ -1,0 +1,90 @@
+#pragma once
+// Experiment grids: the cross product of data sets, models, init presets, seeds and
+// swept options, run as independent worker processes with resumable, append-only
+// results (`DIR/results.jsonl`, one JSON line per finished cell).
+
+#include <liondg/experiment/run.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace liondg {
+
+/// A grid specification. Its JSON form (and the equivalent TOML file) is:
+///   name, datasets[], models[], inits[], seeds[],
+///   data {dataset: path}, train {option: value}, model {option: value},
+///   synthetic {option: value}, sweep {train option: [values]}.
+struct GridSpec {
+  std::string name = "custom";
+  std::vector<std::string> datasets;
+  std::vector<std::string> models;
+  std::vector<std::string> inits;
+  std::vector<uint64_t> seeds;
+  std::string json;  // the whole specification, normalized (what grid.json stores)
+};
+
+/// One cell of the grid and the run configuration it resolves to.
+struct GridCell {
+  std::string key;  // dataset__model__init__s<seed>[__option=value...]
+  std::string dataset, model, init;
+  uint64_t seed = 0;
+  std::map<std::string, double> sweep;  // swept option -> value
+  RunConfig config;                      // out_dir is relative to the grid directory
+};
+
+/// Names of the built-in presets: paper, quick, smoke.
+const std::vector<std::string>& grid_preset_names();
+/// A built-in preset; throws UsageError for an unknown name.
+GridSpec grid_preset(const std::string& name);
+/// Parses a grid from its JSON text; `origin` names the source in error messages.
+GridSpec grid_from_json(const std::string& text, const std::string& origin);
+/// Reads a TOML grid file; errors name the file and the line.
+GridSpec grid_from_toml_file(const std::string& path);
+/// Sets `data.<dataset> = path` in the spec (command-line --data dataset=PATH).
+void set_grid_data_path(GridSpec& spec, const std::string& dataset, const std::string& path);
+
+/// Every cell, in a fixed order (datasets x models x inits x sweep x seeds).
+std::vector<GridCell> expand_grid(const GridSpec& spec);
+/// The cells of shard `index` of `count`: every count-th cell starting at `index`
+/// (0-based) of the fixed order. Shards are disjoint and cover the grid.
+std::vector<GridCell> shard_cells(const std::vector<GridCell>& cells, int64_t index, int64_t count);
+/// Parses "I/N" (1-based I, as in Slurm array indices); throws UsageError.
+std::pair<int64_t, int64_t> parse_shard(const std::string& text);
+
+/// One line of results.jsonl, parsed.
+struct CellResult {
+  std::string key;
+  std::string status;  // completed | diverged | failed
+  std::string json;    // the whole line
+};
+/// Reads results.jsonl; a missing file is empty, and a torn last line (from a kill
+/// while appending) is ignored. Later lines for the same key win.
+std::vector<CellResult> read_results(const std::string& path);
+/// Appends one JSON line atomically (single O_APPEND write + fsync).
+void append_result(const std::string& path, const std::string& json_line);
+
+struct GridOptions {
+  std::string out_dir;
+  int jobs = 1;                 // parallel worker processes
+  int64_t shard_index = 0;      // 0-based
+  int64_t shard_count = 1;
+  bool dry_run = false;
+  bool quiet = false;
+  std::string worker_binary;    // the liondg executable (default: /proc/self/exe)
+};
+
+/// Runs every unfinished cell of the shard in worker processes (`liondg grid-worker`),
+/// each with threads = cores / jobs. Finished cells (completed or diverged) are
+/// skipped; failed cells are retried. Returns the number of cells that failed now.
+int64_t run_grid(const GridSpec& spec, const GridOptions& options);
+
+/// Runs one cell in this process and appends its result line (the worker side).
+CellResult run_grid_cell(const std::string& grid_dir, const std::string& key, int threads);
+
+/// Estimated seconds of a cell: a short timing probe of the model's training step
+/// on random data of the data set's shape, times the steps, plus evaluation.
+double estimate_cell_seconds(const GridCell& cell, int threads);
+
+}  // namespace liondg

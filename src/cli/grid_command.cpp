@@ -1,0 +1,93 @@
+// `liondg grid`, `liondg grid-worker` (internal) and `liondg report`.
+
+#include "cli/commands.h"
+
+#include <liondg/errors.h>
+#include <liondg/experiment/grid.h>
+#include <liondg/report/report.h>
+
+#include <iostream>
+
+namespace liondg::cli {
+
+void add_grid_commands(CLI::App& app, int& status) {
+  {
+    auto* cmd = app.add_subcommand("grid", "Run a comparison grid (datasets x models x inits x seeds) and write its report");
+    struct Args {
+      std::string preset, config, out, shard = "1/1";
+      std::vector<std::string> data;
+      int jobs = 1;
+      bool dry_run = false, quiet = false, no_report = false;
+    };
+    auto a = std::make_shared<Args>();
+    auto* preset = cmd->add_option("--preset", a->preset, "Built-in grid: paper, quick (about 5 minutes on 2 cores), smoke")
+                       ->check(CLI::IsMember(grid_preset_names()));
+    auto* config = cmd->add_option("--config", a->config, "Grid specification file (TOML)");
+    preset->excludes(config);
+    cmd->add_option("--data", a->data, "Data location per data set, DATASET=PATH (repeatable)");
+    cmd->add_option("--out", a->out, "Grid directory (default: grids/<name>)");
+    cmd->add_option("--jobs", a->jobs, "Parallel worker processes (each gets cores/jobs threads)")
+        ->check(CLI::Range(1, 256))
+        ->capture_default_str();
+    cmd->add_option("--shard", a->shard, "Run shard I of N (1-based), e.g. 3/8")->capture_default_str();
+    cmd->add_flag("--dry-run", a->dry_run, "List the cells and a measured time estimate; run nothing");
+    cmd->add_flag("--quiet", a->quiet, "Only the final summary");
+    cmd->add_flag("--no-report", a->no_report, "Do not write the report at the end");
+    cmd->callback([a, &status]() {
+      if (a->preset.empty() && a->config.empty()) throw UsageError("grid needs --preset NAME or --config FILE");
+      GridSpec spec = a->preset.empty() ? grid_from_toml_file(a->config) : grid_preset(a->preset);
+      for (const auto& d : a->data) {
+        const size_t eq = d.find('=');
+        if (eq == std::string::npos || eq == 0 || eq + 1 == d.size()) {
+          throw UsageError("--data expects DATASET=PATH, got '" + d + "'");
+        }
+        set_grid_data_path(spec, d.substr(0, eq), d.substr(eq + 1));
+      }
+      GridOptions o;
+      o.out_dir = a->out.empty() ? "grids/" + spec.name : a->out;
+      o.jobs = a->jobs;
+      std::tie(o.shard_index, o.shard_count) = parse_shard(a->shard);
+      o.dry_run = a->dry_run;
+      o.quiet = a->quiet;
+      const int64_t failed = run_grid(spec, o);
+      if (o.dry_run) return;
+      if (!a->no_report) {
+        const ReportResult r = write_report(o.out_dir);
+        std::cout << "\n" << r.table1_markdown << "\nreport: " << r.markdown_path << " and " << r.html_path << "\n";
+        for (const auto& n : r.notes) std::cout << "note: " << n << "\n";
+      }
+      if (failed > 0) {
+        std::cerr << "error: " << failed << " cell(s) failed; see " << o.out_dir << "/results.jsonl and logs/\n";
+        status = kExitRuntime;
+      }
+    });
+  }
+  {
+    auto* cmd = app.add_subcommand("grid-worker", "Internal: run one cell of a grid directory");
+    cmd->group("");  // hidden from --help
+    auto dir = std::make_shared<std::string>();
+    auto key = std::make_shared<std::string>();
+    auto threads = std::make_shared<int>(0);
+    cmd->add_option("dir", *dir, "Grid directory")->required();
+    cmd->add_option("key", *key, "Cell key")->required();
+    cmd->add_option("--threads", *threads, "Threads")->check(CLI::NonNegativeNumber);
+    cmd->callback([dir, key, threads, &status]() {
+      const CellResult r = run_grid_cell(*dir, *key, *threads);
+      std::cout << r.key << ": " << r.status << "\n";
+      status = r.status == "completed" ? kExitOk : kExitDiverged;
+    });
+  }
+  {
+    auto* cmd = app.add_subcommand("report", "Write the tables, figures and report of a grid directory");
+    auto dir = std::make_shared<std::string>();
+    cmd->add_option("dir", *dir, "Grid directory (holds results.jsonl)")->required();
+    cmd->callback([dir, &status]() {
+      const ReportResult r = write_report(*dir);
+      std::cout << r.table1_markdown << "\nreport: " << r.markdown_path << " and " << r.html_path << "\n";
+      for (const auto& n : r.notes) std::cout << "note: " << n << "\n";
+      status = kExitOk;
+    });
+  }
+}
+
+}  // namespace liondg::cli
