@@ -46,9 +46,9 @@ build() {
 
 run_main_job() {
   # The main job on the embedded default data set (Fashion-MNIST from the Debian package):
-  # DenseNet-DS with LION-DG, the paper's optimizer settings, a short step budget.
-  "$BUILD_DIR/liondg" train --model densenet-ds --init lion-dg --dataset fashion-mnist \
-    --steps 200 --eval-every 100 --out "$ROOT/runs/main" --overwrite
+  # the `quick` comparison grid (he, lion-dg, lsuv, lion-lsuv on DenseNet-DS, 2 seeds),
+  # resumable, ending with the Table 1 summary and the report's path.
+  "$BUILD_DIR/liondg" grid --preset quick --jobs 2 --out "$ROOT/runs/quick"
 }
 
 run_tests() {

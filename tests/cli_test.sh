@@ -109,6 +109,21 @@ expect_exit 0 "DECOUPLED (backbone gradient exactly zero) as expected" -- "$LION
   --init lion-lsuv --batch-size 32
 expect_exit 0 "COUPLED as expected" -- "$LIONDG" verify decoupling "${TINY_DATA[@]}" --init fixup --batch-size 32
 
+# grids
+expect_exit 0 "8 cells (shard 1/1 of 8), estimated" -- "$LIONDG" grid --preset quick --dry-run --out "$TMP/q"
+expect_exit 0 "42 cells (shard 2/2 of 84)" -- "$LIONDG" grid --preset paper --dry-run --shard 2/2 --out "$TMP/p"
+expect_exit 2 "--shard expects I/N" -- "$LIONDG" grid --preset smoke --shard 3/2 --out "$TMP/s"
+expect_exit 2 "needs --preset NAME or --config FILE" -- "$LIONDG" grid --out "$TMP/s"
+expect_exit 2 "excludes" -- "$LIONDG" grid --preset smoke --config x.toml
+printf 'datasets = ["synthetic"]\nmodels = ["resnet-ds"\n' > "$TMP/bad.toml"
+expect_exit 2 "line 2" -- "$LIONDG" grid --config "$TMP/bad.toml" --out "$TMP/s"
+expect_exit 1 "does not exist" -- "$LIONDG" grid --config "$TMP/missing.toml" --out "$TMP/s"
+expect_exit 2 "--data expects DATASET=PATH" -- "$LIONDG" grid --preset smoke --data cifar10 --out "$TMP/s"
+expect_exit 0 "report: $TMP/smoke/report.md" -- "$LIONDG" grid --preset smoke --jobs 2 --out "$TMP/smoke"
+expect_exit 0 "already finished, 0 to run" -- "$LIONDG" grid --preset smoke --out "$TMP/smoke"
+expect_exit 0 "| synthetic | densenet-ds | lion-dg |" -- "$LIONDG" report "$TMP/smoke"
+expect_exit 1 "no results.jsonl" -- "$LIONDG" report "$TMP"
+
 # parameter counts per role
 expect_exit 0 "total: 163182" -- "$LIONDG" describe --model densenet-ds
 expect_exit 0 "aux_head_1 reads tap 'stage2' (32 channels)" -- "$LIONDG" describe --model resnet-ds
