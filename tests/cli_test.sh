@@ -111,7 +111,7 @@ expect_exit 0 "COUPLED as expected" -- "$LIONDG" verify decoupling "${TINY_DATA[
 
 # grids
 expect_exit 0 "8 cells (shard 1/1 of 8), estimated" -- "$LIONDG" grid --preset quick --dry-run --out "$TMP/q"
-expect_exit 0 "42 cells (shard 2/2 of 84)" -- "$LIONDG" grid --preset paper --dry-run --shard 2/2 --out "$TMP/p"
+expect_exit 0 "42 cells (shard 2/2 of 84)" -- "$LIONDG" grid --preset paper --dry-run --no-estimate --shard 2/2 --out "$TMP/p"
 expect_exit 2 "--shard expects I/N" -- "$LIONDG" grid --preset smoke --shard 3/2 --out "$TMP/s"
 expect_exit 2 "needs --preset NAME or --config FILE" -- "$LIONDG" grid --out "$TMP/s"
 expect_exit 2 "excludes" -- "$LIONDG" grid --preset smoke --config x.toml

@@ -17,7 +17,7 @@ void add_grid_commands(CLI::App& app, int& status) {
       std::string preset, config, out, shard = "1/1";
       std::vector<std::string> data;
       int jobs = 1;
-      bool dry_run = false, quiet = false, no_report = false;
+      bool dry_run = false, quiet = false, no_report = false, no_estimate = false;
     };
     auto a = std::make_shared<Args>();
     auto* preset = cmd->add_option("--preset", a->preset, "Built-in grid: paper, quick (about 5 minutes on 2 cores), smoke")
@@ -31,6 +31,7 @@ void add_grid_commands(CLI::App& app, int& status) {
         ->capture_default_str();
     cmd->add_option("--shard", a->shard, "Run shard I of N (1-based), e.g. 3/8")->capture_default_str();
     cmd->add_flag("--dry-run", a->dry_run, "List the cells and a measured time estimate; run nothing");
+    cmd->add_flag("--no-estimate", a->no_estimate, "With --dry-run: list the cells without timing probes");
     cmd->add_flag("--quiet", a->quiet, "Only the final summary");
     cmd->add_flag("--no-report", a->no_report, "Do not write the report at the end");
     cmd->callback([a, &status]() {
@@ -48,6 +49,7 @@ void add_grid_commands(CLI::App& app, int& status) {
       o.jobs = a->jobs;
       std::tie(o.shard_index, o.shard_count) = parse_shard(a->shard);
       o.dry_run = a->dry_run;
+      o.estimate = !a->no_estimate;
       o.quiet = a->quiet;
       const int64_t failed = run_grid(spec, o);
       if (o.dry_run) return;

@@ -446,19 +446,39 @@ CellResult run_grid_cell(const std::string& grid_dir, const std::string& key, in
   return {key, line["status"], line.dump()};
 }
 
-double estimate_cell_seconds(const GridCell& cell, int threads) {
+namespace {
+
+// Image shape and class count of a cell's data set (without loading it).
+SyntheticOptions data_shape(const GridCell& cell, int64_t* test_images) {
+  SyntheticOptions shape;
+  *test_images = 10000;
+  if (cell.dataset == "fashion-mnist" || cell.dataset == "mnist") shape.channels = 1, shape.height = shape.width = 28;
+  if (cell.dataset == "cifar100") shape.num_classes = 100;
+  if (cell.dataset == "synthetic") shape = cell.config.synthetic, *test_images = shape.test_size;
+  return shape;
+}
+
+// Cells that share this key share a timing probe.
+std::string probe_key(const GridCell& cell) {
+  int64_t test = 0;
+  const SyntheticOptions s = data_shape(cell, &test);
+  return std::to_string(s.channels) + "x" + std::to_string(s.height) + "x" + std::to_string(s.width) + "/" + cell.model +
+         "/" + to_string(init_plan_from_preset(cell.init).required_block()) + "/b" +
+         std::to_string(cell.config.train.batch_size());
+}
+
+}  // namespace
+
+StepProbe probe_cell_step(const GridCell& cell, int threads) {
   set_threads(threads);
   // Synthetic data of the data set's shape; a few real training steps (optimizer,
   // diagnostics and all) and one evaluation pass are timed. Data loading is not included.
-  SyntheticOptions shape;
-  int64_t test_images = 10000;
-  if (cell.dataset == "fashion-mnist" || cell.dataset == "mnist") shape.channels = 1, shape.height = shape.width = 28;
-  if (cell.dataset == "cifar100") shape.num_classes = 100;
-  if (cell.dataset == "synthetic") shape = cell.config.synthetic, test_images = shape.test_size;
+  int64_t test_images = 0;
+  SyntheticOptions shape = data_shape(cell, &test_images);
   const TrainOptions& o = cell.config.train;
-  constexpr int64_t kProbeSteps = 4;
-  shape.train_size = std::max<int64_t>(o.batch_size() * kProbeSteps, shape.num_classes);
-  shape.test_size = std::max<int64_t>(256, shape.num_classes);
+  constexpr int64_t kProbeSteps = 2;
+  shape.train_size = std::max<int64_t>(o.batch_size() * (kProbeSteps + 1), shape.num_classes);
+  shape.test_size = std::max<int64_t>(128, shape.num_classes);
   const DataSource data = make_synthetic(shape);
   ModelSpec spec = cell.config.model;
   spec.num_classes = shape.num_classes;
@@ -466,22 +486,32 @@ double estimate_cell_seconds(const GridCell& cell, int threads) {
   spec.block = init_plan_from_preset(cell.init).required_block();
   auto model = make_model(spec);
   TrainOptions probe = o;
-  probe.steps(kProbeSteps).eval_every(0).final_eval(false).grad_every(o.grad_every() > 0 ? 2 : 0);
+  probe.eval_every(0).final_eval(false).grad_every(0);
   train(*model, data, probe.steps(1));  // warm-up
   const TrainSummary s = train(*model, data, probe.steps(kProbeSteps));
-  // Diagnostics run every grad_every steps in the real run but every 2nd step in the probe.
-  const double diag_share = o.grad_every() > 0 ? 2.0 / static_cast<double>(o.grad_every()) : 1.0;
-  const double per_step = s.train_seconds / kProbeSteps * (o.grad_every() > 0 ? (1.0 + diag_share) / 2.0 : 1.0);
+  StepProbe p;
+  p.step_seconds = s.train_seconds / kProbeSteps;
   const auto t0 = std::chrono::steady_clock::now();
   evaluate(*model, data.test, channel_stats(data.test.images), o.eval_batch_size());
-  const double per_image =
+  p.image_eval_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / static_cast<double>(data.test.size());
+  return p;
+}
+
+double estimate_cell_seconds(const GridCell& cell, const StepProbe& p) {
+  int64_t test_images = 0;
+  data_shape(cell, &test_images);
+  const TrainOptions& o = cell.config.train;
+  // A diagnostic step adds two backward passes (about 1.3 steps) every grad_every steps.
+  const double per_step = p.step_seconds * (o.grad_every() > 0 ? 1.0 + 1.3 / static_cast<double>(o.grad_every()) : 1.0);
   const int64_t eval_images = o.eval_limit() > 0 ? std::min(o.eval_limit(), test_images) : test_images;
   const int64_t evals = 1 + (o.eval_every() > 0 ? (o.steps() - 1) / o.eval_every() : 0);
   double init = 0;
-  if (cell.init == "gradinit") init = 2.0 * per_step * static_cast<double>(cell.config.gradinit.iterations());
-  if (cell.init == "lsuv" || cell.init == "lion-lsuv") init = 0.1 * per_step * static_cast<double>(cell.config.lsuv.samples());
-  return per_step * static_cast<double>(o.steps()) + per_image * static_cast<double>(evals * eval_images) + init;
+  if (cell.init == "gradinit") init = 2.0 * p.step_seconds * static_cast<double>(cell.config.gradinit.iterations());
+  if (cell.init == "lsuv" || cell.init == "lion-lsuv") {
+    init = 0.1 * p.step_seconds * static_cast<double>(cell.config.lsuv.samples());
+  }
+  return per_step * static_cast<double>(o.steps()) + p.image_eval_seconds * static_cast<double>(evals * eval_images) + init;
 }
 
 int64_t run_grid(const GridSpec& spec, const GridOptions& o) {
@@ -493,16 +523,24 @@ int64_t run_grid(const GridSpec& spec, const GridOptions& o) {
 
   if (o.dry_run) {
     double total = 0;
-    std::map<std::string, double> per_shape;  // model/dataset/init -> estimate
+    std::map<std::string, StepProbe> probes;
     for (const auto& cell : cells) {
-      const std::string shape = cell.dataset + "/" + cell.model + "/" + cell.init;
-      if (!per_shape.count(shape)) per_shape[shape] = estimate_cell_seconds(cell, threads);
-      total += per_shape[shape];
-      std::cout << cell.key << "  ~" << static_cast<int64_t>(per_shape[shape] + 0.5) << " s\n";
+      if (!o.estimate) {
+        std::cout << cell.key << "\n";
+        continue;
+      }
+      const std::string key = probe_key(cell);
+      if (!probes.count(key)) probes[key] = probe_cell_step(cell, threads);
+      const double seconds = estimate_cell_seconds(cell, probes[key]);
+      total += seconds;
+      std::cout << cell.key << "  ~" << static_cast<int64_t>(seconds + 0.5) << " s\n";
     }
-    std::cout << cells.size() << " cells (shard " << o.shard_index + 1 << "/" << o.shard_count << " of " << all.size()
-              << "), estimated " << static_cast<int64_t>(total / o.jobs + 0.5) << " s with " << o.jobs << " job(s) of "
-              << threads << " thread(s) (timed probe steps of each model on this machine; data loading not included)\n";
+    std::cout << cells.size() << " cells (shard " << o.shard_index + 1 << "/" << o.shard_count << " of " << all.size() << ")";
+    if (o.estimate) {
+      std::cout << ", estimated " << static_cast<int64_t>(total / o.jobs + 0.5) << " s with " << o.jobs << " job(s) of "
+                << threads << " thread(s) (timed probe steps of each model on this machine; data loading not included)";
+    }
+    std::cout << "\n";
     return 0;
   }
 

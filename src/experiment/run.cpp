@@ -194,6 +194,16 @@ json summary_json(const RunResult& r, const std::string& status, const std::stri
   j["init_seconds"] = r.init_seconds;
   j["calibration_seconds"] = r.calibration_seconds;
   j["init_warnings"] = r.init_warnings;
+  j["init_plan"] = {{"backbone", to_string(r.init_plan.backbone)}, {"aux", to_string(r.init_plan.aux)}};
+  if (r.init_plan.backbone == BackbonePolicy::kLSUV) {
+    j["init_cost"] = {{"method", "lsuv"}, {"seconds", r.init.lsuv.seconds}, {"layers", r.init.lsuv.layers.size()}};
+  } else if (r.init_plan.backbone == BackbonePolicy::kGradInit) {
+    j["init_cost"] = {{"method", "gradinit"},
+                      {"seconds", r.init.gradinit.seconds},
+                      {"iterations", r.init.gradinit.iterations},
+                      {"objective_steps", r.init.gradinit.objective_steps},
+                      {"constraint_steps", r.init.gradinit.constraint_steps}};
+  }
   j["parameter_counts"] = r.parameter_counts;
   return j;
 }
@@ -247,6 +257,8 @@ RunResult run_experiment(const RunConfig& c_in) {
   result.init_seconds = init.seconds;
   result.calibration_seconds = init.calibration_seconds;
   result.init_warnings = init.warnings;
+  result.init = init;
+  result.init_plan = plan;
   result.parameter_counts = parameter_counts(*model);
   result.out_dir = c.out_dir;
 

@@ -257,7 +257,7 @@ std::string mean_pm_std(const std::vector<double>& v, double scale, int precisio
 // ------------------------------------------------------------------ tables
 
 Table table1(const Model& m) {
-  Table t{"Table 1: validation accuracy and speedup to the target training accuracy", {"dataset", "model", "method", "n", "val acc (%) mean ± std", "steps to target mean ± std", "converged", "speedup vs He (%)"}, {}};
+  Table t{"Table 1: validation accuracy and speedup to the target training accuracy", {"dataset", "model", "method", "n", "val acc (%) mean ± std", "val acc 95% CI", "steps to target mean ± std", "converged", "speedup vs He (%)"}, {}};
   for (const auto& g : m.groups) {
     const auto& cells = m.cells.at(g);
     const std::vector<double> he = cells.count("he") ? cells.at("he").steps() : std::vector<double>{};
@@ -265,11 +265,13 @@ Table table1(const Model& m) {
       if (!cells.count(method)) continue;
       const Cell& c = cells.at(method);
       const double speedup = method == "he" || he.empty() ? NAN : stats::speedup_percent(he, c.steps());
+      const stats::Interval ci = stats::mean_confidence_interval(c.val_acc());
       t.rows.push_back({g.first, g.second, method, std::to_string(c.val_acc().size()), mean_pm_std(c.val_acc(), 100, 2),
-                        mean_pm_std(c.steps(), 1, 1), std::to_string(c.converged()) + "/" + std::to_string(c.runs.size()),
+                        "[" + fmt(100 * ci.low, 2) + ", " + fmt(100 * ci.high, 2) + "]", mean_pm_std(c.steps(), 1, 1), std::to_string(c.converged()) + "/" + std::to_string(c.runs.size()),
                         method == "he" ? "baseline" : fmt(speedup, 1)});
       t.json.push_back({{"dataset", g.first}, {"model", g.second}, {"method", method}, {"n", c.val_acc().size()},
                         {"val_acc_mean", num(stats::mean(c.val_acc()))}, {"val_acc_std", num(stats::sample_std(c.val_acc()))},
+                        {"val_acc_ci95", {num(ci.low), num(ci.high)}},
                         {"steps_mean", num(stats::mean(c.steps()))}, {"steps_std", num(stats::sample_std(c.steps()))},
                         {"converged", c.converged()}, {"runs", c.runs.size()}, {"speedup_percent", num(speedup)}});
     }

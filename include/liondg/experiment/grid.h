@@ -71,6 +71,7 @@ struct GridOptions {
   int64_t shard_index = 0;      // 0-based
   int64_t shard_count = 1;
   bool dry_run = false;
+  bool estimate = true;         // dry run: time probe steps for an estimate
   bool quiet = false;
   std::string worker_binary;    // the liondg executable (default: /proc/self/exe)
 };
@@ -83,8 +84,15 @@ int64_t run_grid(const GridSpec& spec, const GridOptions& options);
 /// Runs one cell in this process and appends its result line (the worker side).
 CellResult run_grid_cell(const std::string& grid_dir, const std::string& key, int threads);
 
-/// Estimated seconds of a cell: a short timing probe of the model's training step
-/// on random data of the data set's shape, times the steps, plus evaluation.
-double estimate_cell_seconds(const GridCell& cell, int threads);
+/// Measured cost of a cell's model on this machine: seconds per training step and
+/// per evaluated image, from a few timed steps on synthetic data of the data set's shape.
+struct StepProbe {
+  double step_seconds = 0;
+  double image_eval_seconds = 0;
+};
+StepProbe probe_cell_step(const GridCell& cell, int threads);
+/// Estimated seconds of a cell from a probe: steps (with diagnostics), evaluations,
+/// and the data-dependent init (LSUV, GradInit). Data loading is not included.
+double estimate_cell_seconds(const GridCell& cell, const StepProbe& probe);
 
 }  // namespace liondg

@@ -42,6 +42,8 @@ struct RunResult {
   double init_seconds = 0;         // the whole init plan
   double calibration_seconds = 0;  // its data-dependent part (LSUV, GradInit)
   std::vector<std::string> init_warnings;
+  InitResult init;                 // the plan's reports (LSUV layers, GradInit cost, ...)
+  InitPlan init_plan;
   std::string out_dir;
 };
 
