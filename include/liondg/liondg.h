@@ -10,6 +10,7 @@
 #include <liondg/init/init.h>
 #include <liondg/init/methods.h>
 #include <liondg/init/plan.h>
+#include <liondg/models/buffers.h>
 #include <liondg/models/densenet_ds.h>
 #include <liondg/models/ds_model.h>
 #include <liondg/models/observe.h>

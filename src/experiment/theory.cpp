@@ -4,6 +4,7 @@
 #include <liondg/experiment/theory.h>
 #include <liondg/init/methods.h>
 #include <liondg/init/plan.h>
+#include <liondg/models/buffers.h>
 #include <liondg/train/trainer.h>
 #include <liondg/util/fs.h>
 
@@ -90,8 +91,7 @@ std::vector<GrowthSeries> verify_growth(const TheoryConfig& c, const std::string
     {
       // Gradient of the training loss w.r.t. each head's logits layer at initialization,
       // on the first training batch (BatchNorm statistics restored afterwards).
-      std::vector<std::pair<torch::Tensor, torch::Tensor>> buffers;
-      for (auto& b : model->buffers()) buffers.emplace_back(b, b.clone());
+      BufferSnapshot buffers(*model);
       auto [x, y] = first_batch(data, c);
       model->train();
       torch::Tensor loss = deep_supervision_loss(model->forward(x), y, c.aux_weight);
@@ -100,8 +100,6 @@ std::vector<GrowthSeries> verify_growth(const TheoryConfig& c, const std::string
         s.gradient_prediction.push_back(s.lr * norm_of(grads_or_zero(loss, {w})));
         s.sign_prediction.push_back(s.lr * std::sqrt(static_cast<double>(w.numel())));
       }
-      torch::NoGradGuard no_grad;
-      for (auto& [b, saved] : buffers) b.copy_(saved);
     }
     Recorder rec;
     TrainOptions o = diagnostic_options(c).optimizer(optimizer).lr(s.lr);
@@ -154,8 +152,7 @@ std::vector<ArchitectureSide> verify_architecture(const TheoryConfig& c, const s
     ArchitectureSide side;
     side.design = in_branch ? "in-branch" : "side-tap";
     {
-      std::vector<std::pair<torch::Tensor, torch::Tensor>> buffers;
-      for (auto& b : model->buffers()) buffers.emplace_back(b, b.clone());
+      BufferSnapshot buffers(*model);
       auto [x, y] = first_batch(data, c);
       model->train();
       DSOutput o = model->forward(x);
@@ -165,8 +162,6 @@ std::vector<ArchitectureSide> verify_architecture(const TheoryConfig& c, const s
           norm_of(grads_or_zero(main, parameters_of_kind(*model, ParamRole::Kind::kAuxHead)));
       side.aux_grad_to_backbone_at_init =
           norm_of(grads_or_zero(aux, parameters_of_kind(*model, ParamRole::Kind::kBackbone)));
-      torch::NoGradGuard no_grad;
-      for (auto& [b, saved] : buffers) b.copy_(saved);
     }
     Recorder rec;
     train(*model, data, diagnostic_options(c).lr(c.adamw_lr), {&rec});

@@ -1,6 +1,7 @@
 // GradInit: learned per-tensor scales of the initialization.
 
 #include <liondg/init/methods.h>
+#include <liondg/models/buffers.h>
 
 #include <torch/autograd.h>
 
@@ -71,8 +72,7 @@ GradInitReport gradinit_(DSModelImpl& model, const BatchSource& batches, const G
     s.active = item.value().norm().item<double>() > 0.0;
     scales.push_back(s);
   }
-  std::vector<std::pair<torch::Tensor, torch::Tensor>> buffers;
-  for (auto& buffer : model.buffers()) buffers.emplace_back(buffer, buffer.clone());
+  BufferSnapshot buffers(model);  // restored when gradinit_ returns
   const bool was_training = model.is_training();
   model.train();
 
@@ -142,10 +142,6 @@ GradInitReport gradinit_(DSModelImpl& model, const BatchSource& batches, const G
     ++report.iterations;
   }
 
-  {
-    torch::NoGradGuard no_grad;
-    for (auto& [buffer, saved] : buffers) buffer.copy_(saved);
-  }
   model.train(was_training);
   for (size_t j = 0; j < params.size(); ++j) {
     report.scales.emplace_back(names[j], scales[j].alpha);

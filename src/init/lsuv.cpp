@@ -1,6 +1,7 @@
 // LSUV: layer-sequential unit-variance initialization.
 
 #include <liondg/init/methods.h>
+#include <liondg/models/buffers.h>
 #include <liondg/models/observe.h>
 
 #include <torch/nn/init.h>
@@ -79,8 +80,7 @@ LSUVReport lsuv_(DSModelImpl& model, const torch::Tensor& x, const LSUVOptions& 
   }
 
   // Save BatchNorm running statistics: the calibration passes run in training mode.
-  std::vector<std::pair<torch::Tensor, torch::Tensor>> buffers;
-  for (auto& buffer : model.buffers()) buffers.emplace_back(buffer, buffer.clone());
+  BufferSnapshot buffers(model);
   const bool was_training = model.is_training();
   model.train();
 
@@ -124,7 +124,6 @@ LSUVReport lsuv_(DSModelImpl& model, const torch::Tensor& x, const LSUVOptions& 
     if (!observed.count(module)) report.unobserved.push_back(name);
   }
 
-  for (auto& [buffer, saved] : buffers) buffer.copy_(saved);
   model.train(was_training);
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;
