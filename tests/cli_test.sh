@@ -134,5 +134,59 @@ expect_exit 0 '"backbone_max_abs_grad":0.0' -- "$LIONDG" verify decoupling "${TI
 expect_exit 0 '"decoupled":false' -- "$LIONDG" verify decoupling --dataset synthetic --synthetic-train-size 64 --model resnet-ds --init he --json --batch-size 32
 expect_exit 0 "DECOUPLED (backbone gradient exactly zero) as expected" -- "$LIONDG" verify decoupling --dataset synthetic --synthetic-train-size 64 --model resnet-ds --init lion-dg --batch-size 32
 
+# data sources: archives and pickles written by a fixture script, the cache, bad input
+export LIONDG_CACHE_DIR="$TMP/cache"
+FX="$TMP/fixtures"
+mkdir -p "$FX"
+if ! /usr/bin/python3 "$(dirname "$0")/make_data_fixtures.py" "$FX"; then
+  echo "FAIL: make_data_fixtures.py (needs /usr/bin/python3 with numpy: Debian python3-numpy)"; fail=$((fail + 1))
+fi
+# expect_info SOURCE KEY [args...]: `data info --json` matches expected.json[KEY] (counts, means).
+expect_info() {
+  local src=$1 key=$2
+  shift 2
+  local out
+  out=$("$LIONDG" data info "$src" --json "$@" 2>&1)
+  if /usr/bin/python3 - "$FX/expected.json" "$key" "$out" <<'PY'
+import json, sys
+want = json.load(open(sys.argv[1]))[sys.argv[2]]
+got = json.loads(sys.argv[3])
+for split, w in want.items():
+    g = got["splits"][split]
+    assert g["count"] == w["count"], (split, g["count"], w["count"])
+    if "mean" in w:
+        assert all(abs(a - b) < 1e-9 for a, b in zip(g["mean"], w["mean"])), (split, g["mean"], w["mean"])
+    assert sum(g["per_class"]) == w["count"]
+PY
+  then pass=$((pass + 1)); else echo "FAIL: data info $src ($key)"; echo "$out" | tail -5; fail=$((fail + 1)); fi
+}
+expect_info "$FX/folder.tar.gz" folder
+expect_info "$FX/folder.zip" folder --dataset folder
+expect_info "$FX/cifar-10-python.tar.gz" cifar10
+expect_info "$FX/cifar-100-python.tar.gz" cifar100 --dataset cifar100
+expect_exit 0 '"format": "cifar10-python"' -- "$LIONDG" data info "$FX/cifar-10-python.tar.gz" --json
+expect_exit 0 '"coarse_classes"' -- "$LIONDG" data info "$FX/cifar-100-python.tar.gz" --json
+expect_exit 0 "cache: $LIONDG_CACHE_DIR/folder.tar.gz-" -- "$LIONDG" data info "$FX/folder.tar.gz"
+expect_exit 0 "(hit)" -- "$LIONDG" data info "$FX/folder.tar.gz"
+expect_exit 0 "cache: none" -- "$LIONDG" data info "$FX/folder.tar.gz" --no-cache
+expect_exit 1 "holds CIFAR-10 python (pickle) files" -- "$LIONDG" data info "$FX/cifar-10-python.tar.gz" --dataset cifar100
+expect_exit 1 "image folder with 3 classes, but --dataset cifar10" -- "$LIONDG" train --dataset cifar10 --data "$FX/folder.zip" --out "$TMP/d1"
+head -c 2000 "$FX/folder.tar.gz" > "$TMP/cut.tar.gz"
+expect_exit 1 "cut.tar.gz" -- "$LIONDG" data info "$TMP/cut.tar.gz"
+expect_exit 2 "--resize 'abc'" -- "$LIONDG" data info "$FX/folder.zip" --resize abc
+expect_exit 0 '"shape": [' -- "$LIONDG" data info "$FX/folder.zip" --resize 4x6 --json
+# training on an archive, validating on a held-out split, then the test split once
+expect_exit 0 "final test acc" -- "$LIONDG" train --dataset folder --data "$FX/folder.tar.gz" --val-split 3 \
+  --growth-rate 4 --block-layers 1,1,1 --threads 1 --batch-size 4 --steps 3 --quiet --crop-padding 2 --out "$TMP/dv"
+expect_exit 0 '"eval_split": "val"' -- cat "$TMP/dv/config.json"
+expect_exit 0 '"test_acc"' -- cat "$TMP/dv/summary.json"
+expect_exit 2 "--val-split" -- "$LIONDG" train --dataset folder --data "$FX/folder.tar.gz" --val-split 12 --quiet --out "$TMP/dv2"
+# fetching: no network fails fast with instructions; a wrong file fails its checksum
+expect_exit 1 "supply the file by hand" -- "$LIONDG" data fetch mnist --mirror http://127.0.0.1:1/ --to "$TMP/dl" --quiet
+mkdir -p "$TMP/mirror" && printf 'not the real archive' > "$TMP/mirror/cifar-10-binary.tar.gz"
+expect_exit 1 "checksum" -- "$LIONDG" data fetch cifar10 --mirror "file://$TMP/mirror/" --to "$TMP/dl" --quiet
+expect_exit 2 "--format" -- "$LIONDG" data fetch cifar10 --format jpeg
+expect_exit 2 "dataset: imagenet" -- "$LIONDG" data fetch imagenet
+
 echo "cli: $pass passed, $fail failed"
 [[ $fail -eq 0 ]]

@@ -4,6 +4,7 @@
 //   liondg verify decoupling --model resnet-ds --init lion-dg
 //   liondg describe --model densenet-ds --num-classes 100
 //   liondg grid --preset quick        liondg report DIR
+//   liondg data info cifar10-jpeg.tar.gz   liondg data fetch cifar10
 //
 // Exit codes: 0 success, 1 runtime error (data, I/O), 2 usage error, 3 diverged run.
 
@@ -26,6 +27,7 @@ int main(int argc, char** argv) {
   add_verify_command(app, status);
   add_describe_command(app, status);
   add_grid_commands(app, status);
+  add_data_commands(app, status);
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {

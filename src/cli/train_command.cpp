@@ -58,8 +58,9 @@ void add_init_options(CLI::App& cmd, std::string& preset, std::string& backbone,
 void add_data_options(CLI::App& cmd, std::string& dataset, std::string& path, SyntheticOptions& syn) {
   cmd.add_option("--dataset", dataset, "Data set")->check(CLI::IsMember(dataset_names()))->capture_default_str();
   cmd.add_option("--data", path,
-                 "Directory of the data set's official files (default: the data set's standard location; "
-                 "fashion-mnist: /usr/share/datasets/fashion-mnist)");
+                 "Directory or archive (.tar, .tar.gz, .zip) holding the data set in any supported layout: IDX, "
+                 "CIFAR binary or python, or an image folder ROOT/{train,test}/<class>/*.jpg|png (default: the data "
+                 "set's standard location; fashion-mnist: /usr/share/datasets/fashion-mnist)");
   cmd.add_option("--synthetic-train-size", syn.train_size, "Synthetic data: training images")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -172,6 +173,20 @@ void add_train_command(CLI::App& app, int& status) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->add_flag("--no-hflip", std::get<0>(*flags), "Disable random horizontal flips");
+  cmd->add_option("--crop-padding", opts->crop_padding(),
+                  "Random crop from the image zero-padded by P pixels (0 = off, the paper's protocol; 4 is standard)")
+      ->check(CLI::Range(int64_t{0}, int64_t{64}))
+      ->capture_default_str();
+  cmd->add_flag("--no-prefetch", [opts](int64_t) { opts->prefetch(false); },
+                "Prepare batches on the training thread (the same batches; for timing comparisons)");
+  cmd->add_option("--val-split", config->val_split,
+                  "Hold out N training images (stratified, seeded by --seed) and validate on them instead of the "
+                  "test split; the test split is then evaluated once at the end")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--resize", config->resize, "Resize image-folder images to HxW (else differing sizes are an error)");
+  cmd->add_flag("--no-cache", [config](int64_t) { config->use_cache = false; },
+                "Do not read or write the decoded-data cache ($LIONDG_CACHE_DIR, else $XDG_CACHE_HOME/liondg)");
   cmd->add_flag("--stop-at-target", opts->stop_at_target(), "Stop as soon as the target accuracy is reached");
   cmd->add_option("--out", config->out_dir, "Run directory (default: runs/<model>-<init>-<dataset>-s<seed>)");
   cmd->add_flag("--overwrite", config->overwrite, "Allow an --out directory that holds a finished run");
@@ -217,6 +232,7 @@ void add_train_command(CLI::App& app, int& status) {
           std::cout << ", " << s.final_eval.aux_accs[k] << " (aux " << k << ")";
         }
         std::cout << "\n";
+        if (s.final_test) std::cout << "final test acc: " << s.final_test->main_acc << " (main)\n";
       }
       std::cout << "wall time: " << s.wall_seconds << " s (init " << r.init_seconds << " s, of which calibration "
                 << r.calibration_seconds << " s)\n";

@@ -2,27 +2,37 @@
 
 #include <liondg/data/batcher.h>
 
+#include <array>
 #include <numeric>
 
 namespace liondg {
 
-ChannelStats channel_stats(const torch::Tensor& images) {
-  TORCH_CHECK_VALUE(images.dim() == 4, "channel_stats expects (N,C,H,W) images, got ", images.sizes());
-  // Per channel: sum and sum of squares in double precision, chunked to bound memory.
-  const int64_t channels = images.size(1);
-  torch::Tensor sum = torch::zeros({channels}, torch::kFloat64);
-  torch::Tensor sum_sq = torch::zeros({channels}, torch::kFloat64);
-  constexpr int64_t kChunk = 4096;
-  for (int64_t start = 0; start < images.size(0); start += kChunk) {
-    torch::Tensor x = images.narrow(0, start, std::min(kChunk, images.size(0) - start)).to(torch::kFloat64) / 255.0;
-    sum += x.sum(/*dim=*/{0, 2, 3});
-    sum_sq += (x * x).sum(/*dim=*/{0, 2, 3});
+ChannelStats channel_stats(const torch::Tensor& images_in) {
+  TORCH_CHECK_VALUE(images_in.dim() == 4, "channel_stats expects (N,C,H,W) images, got ", images_in.sizes());
+  TORCH_CHECK_VALUE(images_in.scalar_type() == torch::kUInt8, "channel_stats expects uint8 images, got ",
+                    images_in.scalar_type());
+  // Exact: a 256-bin histogram per channel, then sums of v and v^2 in integers.
+  const torch::Tensor images = images_in.contiguous();
+  const int64_t n = images.size(0), channels = images.size(1), plane = images.size(2) * images.size(3);
+  std::vector<std::array<int64_t, 256>> hist(static_cast<size_t>(channels));
+  for (auto& h : hist) h.fill(0);
+  const uint8_t* p = images.data_ptr<uint8_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t c = 0; c < channels; ++c) {
+      auto& h = hist[static_cast<size_t>(c)];
+      for (int64_t k = 0; k < plane; ++k) ++h[*p++];
+    }
   }
-  const double count = static_cast<double>(images.size(0) * images.size(2) * images.size(3));
   ChannelStats stats;
-  for (int64_t c = 0; c < channels; ++c) {
-    const double mean = sum[c].item<double>() / count;
-    const double var = std::max(0.0, sum_sq[c].item<double>() / count - mean * mean);
+  const double count = static_cast<double>(n * plane);
+  for (const auto& h : hist) {
+    int64_t sum = 0, sum_sq = 0;
+    for (int64_t v = 0; v < 256; ++v) {
+      sum += v * h[static_cast<size_t>(v)];
+      sum_sq += v * v * h[static_cast<size_t>(v)];
+    }
+    const double mean = static_cast<double>(sum) / count / 255.0;
+    const double var = std::max(0.0, static_cast<double>(sum_sq) / count / (255.0 * 255.0) - mean * mean);
     stats.mean.push_back(mean);
     // A constant channel would divide by zero; use std 1 then (documented).
     stats.std.push_back(var > 0.0 ? std::sqrt(var) : 1.0);
@@ -44,8 +54,27 @@ TrainBatcher::TrainBatcher(const Dataset& data, ChannelStats stats, BatcherOptio
   TORCH_CHECK_VALUE(options_.batch_size > 0, "batch size must be > 0, got ", options_.batch_size);
   TORCH_CHECK_VALUE(options_.batch_size <= data_.size(), "batch size ", options_.batch_size,
                     " exceeds the training split size ", data_.size());
+  TORCH_CHECK_VALUE(options_.crop_padding >= 0, "crop padding must be >= 0, got ", options_.crop_padding);
   order_.resize(static_cast<size_t>(data_.size()));
   reshuffle();
+}
+
+TrainBatcher::~TrainBatcher() {
+  if (pending_.valid()) pending_.wait();
+}
+
+torch::Tensor random_crop(const torch::Tensor& images, int64_t p, const std::vector<int64_t>& dy,
+                          const std::vector<int64_t>& dx) {
+  const int64_t b = images.size(0), c = images.size(1), h = images.size(2), w = images.size(3);
+  TORCH_CHECK_VALUE(static_cast<int64_t>(dy.size()) == b && static_cast<int64_t>(dx.size()) == b,
+                    "random_crop: one offset per image expected");
+  if (p == 0) return images;
+  torch::Tensor padded = torch::constant_pad_nd(images, {p, p, p, p}, /*value=*/0);  // (B,C,H+2p,W+2p)
+  // rows[b, i] = dy[b] + i, cols[b, j] = dx[b] + j.
+  torch::Tensor rows = torch::tensor(dy, torch::kInt64).view({b, 1}) + torch::arange(h, torch::kInt64).view({1, h});
+  torch::Tensor cols = torch::tensor(dx, torch::kInt64).view({b, 1}) + torch::arange(w, torch::kInt64).view({1, w});
+  torch::Tensor out = padded.gather(/*dim=*/2, rows.view({b, 1, h, 1}).expand({b, c, h, w + 2 * p}));
+  return out.gather(/*dim=*/3, cols.view({b, 1, 1, w}).expand({b, c, h, w}));
 }
 
 namespace {
@@ -85,15 +114,40 @@ std::pair<torch::Tensor, torch::Tensor> CalibrationSampler::next(int64_t n) {
   return {normalize(data_.images.index_select(0, index), stats_), data_.labels.index_select(0, index)};
 }
 
-std::pair<torch::Tensor, torch::Tensor> TrainBatcher::next() {
+TrainBatcher::Batch TrainBatcher::next() {
+  if (!options_.prefetch) {
+    Batch b = make_batch();
+    epoch_ = made_epoch_;
+    return b;
+  }
+  if (!pending_.valid()) pending_ = std::async(std::launch::async, [this] { return make_batch(); });
+  Batch b = pending_.get();
+  epoch_ = made_epoch_;
+  // The next batch is made while the caller trains on this one; make_batch is the
+  // only user of rng_ and order_, and never runs twice at once.
+  pending_ = std::async(std::launch::async, [this] { return make_batch(); });
+  return b;
+}
+
+TrainBatcher::Batch TrainBatcher::make_batch() {
   const auto batch = static_cast<size_t>(options_.batch_size);
   if (cursor_ + batch > order_.size()) {
-    ++epoch_;
+    ++made_epoch_;
     reshuffle();
   }
   torch::Tensor index = torch::from_blob(order_.data() + cursor_, {options_.batch_size}, torch::kInt64).clone();
   cursor_ += batch;
-  torch::Tensor images = normalize(data_.images.index_select(0, index), stats_);
+  torch::Tensor raw = data_.images.index_select(0, index);
+  if (options_.crop_padding > 0) {
+    const uint64_t span = static_cast<uint64_t>(2 * options_.crop_padding + 1);
+    std::vector<int64_t> dy(batch), dx(batch);
+    for (size_t i = 0; i < batch; ++i) {
+      dy[i] = static_cast<int64_t>(rng_() % span);
+      dx[i] = static_cast<int64_t>(rng_() % span);
+    }
+    raw = random_crop(raw, options_.crop_padding, dy, dx);
+  }
+  torch::Tensor images = normalize(raw, stats_);
   if (options_.hflip) {
     std::vector<uint8_t> flip(batch);
     for (auto& f : flip) f = static_cast<uint8_t>(rng_() & 1u);

@@ -18,8 +18,6 @@ constexpr int64_t kCifarImageBytes = 3 * 32 * 32;
 constexpr uint8_t kIdxUnsignedByte = 0x08;
 
 bool file_exists(const std::string& path) { return is_regular_file(path); }
-bool dir_exists(const std::string& path) { return is_directory(path); }
-std::string join(const std::string& dir, const std::string& name) { return join_path(dir, name); }
 
 // Whole file contents; gzip-compressed files are decompressed transparently
 // (zlib's gz* functions read plain files as they are).
@@ -46,27 +44,40 @@ std::vector<uint8_t> read_all(const std::string& path) {
   return out;
 }
 
+}  // namespace
+
+std::vector<uint8_t> maybe_gunzip(std::vector<uint8_t> bytes, const std::string& what) {
+  if (bytes.size() < 2 || bytes[0] != 0x1f || bytes[1] != 0x8b) return bytes;
+  z_stream z{};
+  if (inflateInit2(&z, /*windowBits=*/15 + 32) != Z_OK) throw DataError("'" + what + "': cannot initialize zlib");
+  std::vector<uint8_t> out;
+  std::vector<uint8_t> chunk(1 << 20);
+  z.next_in = bytes.data();
+  z.avail_in = static_cast<uInt>(bytes.size());
+  int rc = Z_OK;
+  while (rc != Z_STREAM_END) {
+    z.next_out = chunk.data();
+    z.avail_out = static_cast<uInt>(chunk.size());
+    rc = inflate(&z, Z_NO_FLUSH);
+    if (rc != Z_OK && rc != Z_STREAM_END) {
+      inflateEnd(&z);
+      throw DataError("'" + what + "': " + (rc == Z_BUF_ERROR ? "truncated compressed data (gzip stream ends early)"
+                                                              : "corrupt compressed data"));
+    }
+    out.insert(out.end(), chunk.begin(), chunk.begin() + (chunk.size() - z.avail_out));
+    if (out.size() > (size_t{1} << 36)) {
+      inflateEnd(&z);
+      throw DataError("'" + what + "': decompressed data exceeds 64 GiB");
+    }
+  }
+  inflateEnd(&z);
+  return out;
+}
+
+namespace {
+
 torch::Tensor bytes_to_tensor(const uint8_t* data, std::vector<int64_t> shape) {
   return torch::from_blob(const_cast<uint8_t*>(data), shape, torch::kUInt8).clone();
-}
-
-// First existing of `name` and `name.gz` in `dir`.
-std::string find_with_gz(const std::string& dir, const std::string& name) {
-  for (const std::string& candidate : {join(dir, name), join(dir, name + ".gz")}) {
-    if (file_exists(candidate)) return candidate;
-  }
-  throw DataError("missing file '" + join(dir, name) + "' (or '" + name + ".gz') in data directory '" + dir + "'");
-}
-
-std::vector<std::string> read_lines(const std::string& path) {
-  std::ifstream in(path);
-  std::vector<std::string> lines;
-  std::string line;
-  while (std::getline(in, line)) {
-    while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
-    if (!line.empty()) lines.push_back(line);
-  }
-  return lines;
 }
 
 void check_labels(const torch::Tensor& labels, int64_t num_classes, const std::string& path) {
@@ -88,8 +99,10 @@ std::vector<std::string> numbered_names(int64_t n) {
 
 // ------------------------------------------------------------------ IDX
 
-torch::Tensor read_idx(const std::string& path) {
-  const std::vector<uint8_t> bytes = read_all(path);
+torch::Tensor read_idx(const std::string& path) { return parse_idx(read_all(path), path); }
+
+torch::Tensor parse_idx(const std::vector<uint8_t>& raw, const std::string& path) {
+  const std::vector<uint8_t> bytes = maybe_gunzip(raw, path);
   if (bytes.size() < 4) throw DataError("'" + path + "' is not an IDX file: shorter than its 4-byte header");
   if (bytes[0] != 0 || bytes[1] != 0) {
     std::ostringstream msg;
@@ -148,20 +161,28 @@ Dataset read_idx_split(const std::string& images_path, const std::string& labels
 
 // ------------------------------------------------------------------ CIFAR
 
+Dataset parse_cifar10_binary(const std::vector<uint8_t>& raw_bytes, const std::string& path) {
+  constexpr int64_t kRecord = 1 + kCifarImageBytes;
+  const std::vector<uint8_t> bytes = maybe_gunzip(raw_bytes, path);
+  if (bytes.empty() || bytes.size() % kRecord != 0) {
+    throw DataError("'" + path + "': not a CIFAR-10 binary batch: size " + std::to_string(bytes.size()) +
+                    " bytes is not a positive multiple of the " + std::to_string(kRecord) + "-byte record");
+  }
+  const int64_t n = static_cast<int64_t>(bytes.size()) / kRecord;
+  torch::Tensor raw = bytes_to_tensor(bytes.data(), {n, kRecord});
+  Dataset d;
+  d.labels = raw.select(1, 0).to(torch::kInt64);
+  d.images = raw.narrow(1, 1, kCifarImageBytes).reshape({n, 3, 32, 32}).contiguous();
+  check_labels(d.labels, 10, path);
+  return d;
+}
+
 Dataset read_cifar10_binary(const std::vector<std::string>& files) {
   std::vector<torch::Tensor> images, labels;
-  constexpr int64_t kRecord = 1 + kCifarImageBytes;
   for (const auto& path : files) {
-    const std::vector<uint8_t> bytes = read_all(path);
-    if (bytes.empty() || bytes.size() % kRecord != 0) {
-      throw DataError("'" + path + "': not a CIFAR-10 binary batch: size " + std::to_string(bytes.size()) +
-                      " bytes is not a positive multiple of the " + std::to_string(kRecord) + "-byte record");
-    }
-    const int64_t n = static_cast<int64_t>(bytes.size()) / kRecord;
-    torch::Tensor raw = bytes_to_tensor(bytes.data(), {n, kRecord});
-    labels.push_back(raw.select(1, 0).to(torch::kInt64));
-    images.push_back(raw.narrow(1, 1, kCifarImageBytes).reshape({n, 3, 32, 32}));
-    check_labels(labels.back(), 10, path);
+    Dataset part = parse_cifar10_binary(read_all(path), path);
+    images.push_back(part.images);
+    labels.push_back(part.labels);
   }
   Dataset d;
   d.images = torch::cat(images, 0).contiguous();
@@ -169,9 +190,11 @@ Dataset read_cifar10_binary(const std::vector<std::string>& files) {
   return d;
 }
 
-Dataset read_cifar100_binary(const std::string& path) {
+Dataset read_cifar100_binary(const std::string& path) { return parse_cifar100_binary(read_all(path), path); }
+
+Dataset parse_cifar100_binary(const std::vector<uint8_t>& raw_bytes, const std::string& path) {
   constexpr int64_t kRecord = 2 + kCifarImageBytes;
-  const std::vector<uint8_t> bytes = read_all(path);
+  const std::vector<uint8_t> bytes = maybe_gunzip(raw_bytes, path);
   if (bytes.empty() || bytes.size() % kRecord != 0) {
     throw DataError("'" + path + "': not a CIFAR-100 binary file: size " + std::to_string(bytes.size()) +
                     " bytes is not a positive multiple of the " + std::to_string(kRecord) + "-byte record");
@@ -213,69 +236,6 @@ DataSource make_synthetic(const SyntheticOptions& o) {
   src.class_names = numbered_names(o.num_classes);
   src.train = make_split(o.train_size);
   src.test = make_split(o.test_size);
-  return src;
-}
-
-// ------------------------------------------------------------------ by name
-
-const std::vector<std::string>& dataset_names() {
-  static const std::vector<std::string> kNames{"fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic"};
-  return kNames;
-}
-
-std::string default_data_path(const std::string& name) {
-  if (name == "fashion-mnist") return "/usr/share/datasets/fashion-mnist";
-  return "";
-}
-
-DataSource load_dataset(const std::string& name, const std::string& path_in, const SyntheticOptions& synthetic) {
-  if (name == "synthetic") return make_synthetic(synthetic);
-  if (std::find(dataset_names().begin(), dataset_names().end(), name) == dataset_names().end()) {
-    std::string known;
-    for (const auto& n : dataset_names()) known += (known.empty() ? "" : ", ") + n;
-    throw UsageError("unknown dataset '" + name + "'; expected one of: " + known);
-  }
-  const std::string path = path_in.empty() ? default_data_path(name) : path_in;
-  if (path.empty()) throw UsageError("dataset '" + name + "' has no default location; pass --data DIR");
-  if (!dir_exists(path)) {
-    throw DataError("data directory '" + path + "' for dataset '" + name + "' does not exist" +
-                    (name == "fashion-mnist" ? " (install the Debian package dataset-fashion-mnist)" : ""));
-  }
-  DataSource src;
-  src.name = name;
-  src.path = path;
-  if (name == "fashion-mnist" || name == "mnist") {
-    src.format = "idx";
-    src.class_names = name == "mnist" ? numbered_names(10)
-                                      : std::vector<std::string>{"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                                                                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"};
-    src.train = read_idx_split(find_with_gz(path, "train-images-idx3-ubyte"),
-                               find_with_gz(path, "train-labels-idx1-ubyte"), 10);
-    src.test = read_idx_split(find_with_gz(path, "t10k-images-idx3-ubyte"),
-                              find_with_gz(path, "t10k-labels-idx1-ubyte"), 10);
-  } else if (name == "cifar10") {
-    const std::string dir = dir_exists(join(path, "cifar-10-batches-bin")) ? join(path, "cifar-10-batches-bin") : path;
-    src.format = "cifar10-binary";
-    src.path = dir;
-    std::vector<std::string> train_files;
-    for (int i = 1; i <= 5; ++i) train_files.push_back(find_with_gz(dir, "data_batch_" + std::to_string(i) + ".bin"));
-    src.train = read_cifar10_binary(train_files);
-    src.test = read_cifar10_binary({find_with_gz(dir, "test_batch.bin")});
-    const std::string meta = join(dir, "batches.meta.txt");
-    src.class_names = file_exists(meta) ? read_lines(meta) : std::vector<std::string>{};
-    if (src.class_names.size() != 10) {
-      src.class_names = {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"};
-    }
-  } else {  // cifar100
-    const std::string dir = dir_exists(join(path, "cifar-100-binary")) ? join(path, "cifar-100-binary") : path;
-    src.format = "cifar100-binary";
-    src.path = dir;
-    src.train = read_cifar100_binary(find_with_gz(dir, "train.bin"));
-    src.test = read_cifar100_binary(find_with_gz(dir, "test.bin"));
-    const std::string meta = join(dir, "fine_label_names.txt");
-    src.class_names = file_exists(meta) ? read_lines(meta) : std::vector<std::string>{};
-    if (src.class_names.size() != 100) src.class_names = numbered_names(100);
-  }
   return src;
 }
 

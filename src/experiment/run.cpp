@@ -138,8 +138,15 @@ json config_json(const RunConfig& c, const DataSource& data, const ChannelStats&
                {"num_classes", data.num_classes()},
                {"shape", {data.channels(), data.height(), data.width()}},
                {"train_size", data.train.size()},
-               {"eval_split", "test"},
-               {"eval_size", c.train.eval_limit() > 0 ? std::min(c.train.eval_limit(), data.test.size()) : data.test.size()},
+               {"root", data.root},
+               {"eval_split", data.eval_split_name()},
+               {"val_split", c.val_split},
+               {"val_seed", c.val_split > 0 ? json(c.seed) : json(nullptr)},
+               {"test_size", data.test.size()},
+               {"eval_size", c.train.eval_limit() > 0 ? std::min(c.train.eval_limit(), data.eval_split().size())
+                                                      : data.eval_split().size()},
+               {"resize", c.resize},
+               {"cache", data.cache_path},
                {"normalization_mean", stats.mean},
                {"normalization_std", stats.std}};
   if (data.name == "synthetic") {
@@ -168,6 +175,8 @@ json config_json(const RunConfig& c, const DataSource& data, const ChannelStats&
                 {"eval_batch_size", t.eval_batch_size()},
                 {"eval_limit", t.eval_limit()},
                 {"hflip", t.hflip()},
+                {"crop_padding", t.crop_padding()},
+                {"prefetch", t.prefetch()},
                 {"stop_at_target", t.stop_at_target()}};
   j["versions"] = version_info();
   return j;
@@ -185,6 +194,10 @@ json summary_json(const RunResult& r, const std::string& status, const std::stri
   if (status == "completed") {
     j["final_val"] = eval_json(s.final_eval);
     j["val_acc"] = s.final_eval.main_acc;
+    if (s.final_test) {
+      j["final_test"] = eval_json(*s.final_test);
+      j["test_acc"] = s.final_test->main_acc;
+    }
   } else {
     j["val_acc"] = nullptr;
   }
@@ -209,6 +222,16 @@ json summary_json(const RunResult& r, const std::string& status, const std::stri
 }
 
 }  // namespace
+
+LoadOptions data_load_options(const RunConfig& c) {
+  LoadOptions o;
+  o.synthetic = c.synthetic;
+  if (!c.resize.empty()) o.resize = parse_image_size(c.resize, "--resize");
+  o.use_cache = c.use_cache;
+  o.threads = c.threads;
+  o.progress = c.progress;
+  return o;
+}
 
 InitPlan run_init_plan(const RunConfig& c) {
   InitPlan plan = resolve_init_plan(c.init, c.backbone_init, c.aux_init);
@@ -241,7 +264,8 @@ RunResult run_experiment(const RunConfig& c_in) {
                      "' already holds a finished run (summary.json); choose another --out or pass --overwrite");
   }
 
-  DataSource data = load_dataset(c.dataset, c.data_path, c.synthetic);
+  DataSource data = load_dataset(c.dataset, c.data_path, data_load_options(c));
+  hold_out_validation(data, c.val_split, /*seed=*/c.seed);
   c.model.num_classes = data.num_classes();
   c.model.in_channels = data.channels();
   c.model.block = plan.required_block();

@@ -175,7 +175,13 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
   const auto start = Clock::now();
 
   const ChannelStats stats = channel_stats(data.train.images);
-  TrainBatcher batcher(data.train, stats, BatcherOptions{o.batch_size(), o.hflip(), o.seed()});
+  BatcherOptions bo;
+  bo.batch_size = o.batch_size();
+  bo.hflip = o.hflip();
+  bo.seed = o.seed();
+  bo.crop_padding = o.crop_padding();
+  bo.prefetch = o.prefetch();
+  TrainBatcher batcher(data.train, stats, bo);
   std::unique_ptr<torch::optim::Optimizer> optimizer = make_optimizer(model, o);
   const std::vector<torch::Tensor> backbone = parameters_of_kind(model, ParamRole::Kind::kBackbone);
   const int64_t num_aux = model.num_aux_heads();
@@ -184,7 +190,7 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
   std::deque<double> window;
   double window_sum = 0.0;
   TORCH_CHECK_VALUE(o.eval_limit() >= 0, "eval limit must be >= 0, got ", o.eval_limit());
-  Dataset eval_split = data.test;
+  Dataset eval_split = data.eval_split();
   if (o.eval_limit() > 0 && o.eval_limit() < eval_split.size()) {
     eval_split.images = eval_split.images.narrow(0, 0, o.eval_limit());
     eval_split.labels = eval_split.labels.narrow(0, 0, o.eval_limit());
@@ -267,7 +273,15 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
     if (o.eval_every() > 0 && step % o.eval_every() == 0 && step != o.steps()) emit_eval(step);
     if (o.stop_at_target() && summary.steps_to_target) break;
   }
-  if (summary.status == "completed" && o.final_eval()) summary.final_eval = emit_eval(summary.steps_run);
+  if (summary.status == "completed" && o.final_eval()) {
+    summary.final_eval = emit_eval(summary.steps_run);
+    if (data.val.size() > 0) {
+      const auto t0 = Clock::now();
+      summary.final_test = evaluate(model, data.test, stats, o.eval_batch_size());
+      summary.final_test->step = summary.steps_run;
+      summary.eval_seconds += seconds_since(t0);
+    }
+  }
   summary.wall_seconds = seconds_since(start);
   return summary;
 }

@@ -1,10 +1,12 @@
 #pragma once
 // Training batches: a seeded reshuffle every epoch, random horizontal flip,
-// per-channel normalization, all on whole batch tensors.
+// optional random crop with zero padding, per-channel normalization, all on
+// whole batch tensors; the next batch is prepared while the current one trains.
 
 #include <liondg/data/dataset.h>
 
 #include <cstdint>
+#include <future>
 #include <random>
 #include <utility>
 #include <vector>
@@ -27,20 +29,39 @@ torch::Tensor normalize(const torch::Tensor& images, const ChannelStats& stats);
 struct BatcherOptions {
   int64_t batch_size = 128;
   bool hflip = true;      // random horizontal flip with p = 0.5
-  uint64_t seed = 42;     // shuffling and flip decisions
+  uint64_t seed = 42;     // shuffling, flip and crop decisions
+  /// Random crop of the original size from the image zero-padded by this many
+  /// pixels on each side (torchvision's RandomCrop(size, padding=p); 0 = off, the
+  /// paper's protocol). Padding is black (0) before normalization, as in torchvision.
+  int64_t crop_padding = 0;
+  /// Prepare the next batch on a background thread while the caller trains on the
+  /// current one. Batches are identical with and without prefetching.
+  bool prefetch = true;
 };
+
+/// Random crops of a uint8 or float batch (B,C,H,W) -> (B,C,H,W): image b is cut at
+/// offset (dy[b], dx[b]) in [0, 2p] of its zero-padded copy. Whole-tensor gathers.
+torch::Tensor random_crop(const torch::Tensor& images, int64_t padding, const std::vector<int64_t>& dy,
+                          const std::vector<int64_t>& dx);
 
 /// Yields normalized training batches forever, reshuffling at every epoch.
 /// Incomplete tail batches are dropped so every step sees `batch_size` images.
 class TrainBatcher {
  public:
+  using Batch = std::pair<torch::Tensor, torch::Tensor>;
   TrainBatcher(const Dataset& data, ChannelStats stats, BatcherOptions options);
+  ~TrainBatcher();
+  TrainBatcher(const TrainBatcher&) = delete;
+  TrainBatcher& operator=(const TrainBatcher&) = delete;
   // -> images float (B,C,H,W), labels int64 (B)
-  std::pair<torch::Tensor, torch::Tensor> next();
+  Batch next();
+  /// Epochs completed by the batches handed out so far.
   int64_t epoch() const { return epoch_; }
 
  private:
   void reshuffle();
+  Batch make_batch();  // draws from rng_; only ever runs on one thread at a time
+
 
   const Dataset& data_;
   ChannelStats stats_;
@@ -48,7 +69,9 @@ class TrainBatcher {
   std::mt19937_64 rng_;
   std::vector<int64_t> order_;
   size_t cursor_ = 0;
-  int64_t epoch_ = 0;
+  int64_t epoch_ = 0;       // of the batches handed out
+  int64_t made_epoch_ = 0;  // of the batches made (one ahead with prefetching)
+  std::future<Batch> pending_;
 };
 
 /// Calibration images for data-dependent initializations: `next(n)` returns n

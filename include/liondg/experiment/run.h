@@ -26,6 +26,9 @@ struct RunConfig {
   std::string dataset = "fashion-mnist";
   std::string data_path;             // "" = the data set's default location
   SyntheticOptions synthetic;        // for dataset "synthetic"
+  std::string resize;                // "" or "HxW": resize image-folder images
+  bool use_cache = true;             // the decoded-data cache (default_cache_dir())
+  int64_t val_split = 0;             // images held out of training for validation (0 = validate on test)
   TrainOptions train;
   uint64_t seed = 42;                // model initialization and data order
   std::string out_dir = "runs/run";
@@ -51,6 +54,9 @@ struct RunResult {
 /// bad options and DataError for data or output problems; files written before
 /// a failure stay valid (summary.json then records status "failed").
 RunResult run_experiment(const RunConfig& config);
+
+/// How a configuration loads its data (threads, resize, cache, progress).
+LoadOptions data_load_options(const RunConfig& config);
 
 /// The init plan a configuration resolves to.
 InitPlan run_init_plan(const RunConfig& config);

@@ -51,6 +51,10 @@ struct TrainOptions {
   /// Validate on the first N images of the evaluation split only (0 = all).
   TORCH_ARG(int64_t, eval_limit) = 0;
   TORCH_ARG(bool, hflip) = true;
+  /// Random crop with this much zero padding (0 = off, the paper's protocol).
+  TORCH_ARG(int64_t, crop_padding) = 0;
+  /// Prepare the next batch while the current one trains (same batches either way).
+  TORCH_ARG(bool, prefetch) = true;
   /// Seed of the data order and augmentation (model init is seeded by the caller).
   TORCH_ARG(uint64_t, seed) = 42;
   /// Stop as soon as the target is reached (the paper trains the full budget).
@@ -89,7 +93,8 @@ struct TrainSummary {
   std::string diverged_reason;       // which loss / gradient was not finite, at which step
   int64_t steps_run = 0;
   std::optional<int64_t> steps_to_target;
-  EvalRecord final_eval;
+  EvalRecord final_eval;  // on data.eval_split(): the held-out split if any, else test
+  std::optional<EvalRecord> final_test;  // on the test split when a held-out split was used
   double final_train_window_acc = 0;
   double wall_seconds = 0;   // whole train() call
   double train_seconds = 0;  // training steps only
@@ -111,7 +116,9 @@ double aux_weight_at(const TrainOptions& options, int64_t step);
 /// Evaluates every head on `split` in inference mode (batch statistics frozen).
 EvalRecord evaluate(DSModelImpl& model, const Dataset& split, const ChannelStats& stats, int64_t batch_size);
 
-/// Trains `model` (already initialized) on `data.train`, validating on `data.test`.
+/// Trains `model` (already initialized) on `data.train`, validating on
+/// `data.eval_split()` (the held-out split if there is one, else the test split; with
+/// a held-out split the final model is also evaluated on the test split).
 /// Normalization uses the training split's per-channel statistics.
 TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOptions& options,
                    const std::vector<RecordSink*>& sinks = {});
