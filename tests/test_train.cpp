@@ -80,6 +80,54 @@ TEST(Train, SameSeedGivesIdenticalMetrics) {
   EXPECT_TRUE(differs_from_c);
 }
 
+// The fast path (channels-last activations and weights, in-place ReLU on BatchNorm
+// outputs, prefetched batches) against the straightforward one (NCHW, no prefetch).
+// Stated tolerances: gradients of one step from the same parameters agree to 1e-4
+// relative (norm of the difference / norm); losses over 10 AdamW steps to 1e-4
+// relative. (Parameters after several AdamW steps are not compared element-wise:
+// AdamW's normalized update lr * m / sqrt(v) turns rounding-level gradient differences
+// on near-zero coordinates into differences of up to 2 * lr.)
+TEST(Train, FastPathMatchesTheStraightforwardPath) {
+  for (bool resnet : {false, true}) {
+    const std::string name = resnet ? "resnet" : "densenet";
+    auto make = [&] {
+      torch::manual_seed(3);
+      std::shared_ptr<DSModelImpl> model;
+      if (resnet) model = std::make_shared<ResNetDSImpl>(testing::tiny_resnet());
+      else model = std::make_shared<DenseNetDSImpl>(testing::tiny_densenet());
+      init_model_(*model, "he");  // nonzero aux heads: every gradient path is exercised
+      return model;
+    };
+    // One step's gradients.
+    DataSource data = testing::tiny_data(/*seed=*/11);
+    const torch::Tensor x = normalize(data.train.images.narrow(0, 0, 32), channel_stats(data.train.images));
+    const torch::Tensor y = data.train.labels.narrow(0, 0, 32);
+    std::shared_ptr<DSModelImpl> plain = make(), fast = make();
+    to_channels_last_(*fast);
+    compute_losses(plain->forward(x), y, 0.3).total.backward();
+    compute_losses(fast->forward(x.contiguous(torch::MemoryFormat::ChannelsLast)), y, 0.3).total.backward();
+    const auto pp = plain->named_parameters(), fp = fast->named_parameters();
+    for (const auto& item : pp) {
+      const torch::Tensor& g0 = item.value().grad();
+      const torch::Tensor& g1 = fp[item.key()].grad();
+      ASSERT_TRUE(g0.defined() && g1.defined()) << name << " " << item.key();
+      EXPECT_LE((g0 - g1).norm().item<double>(), 1e-4 * g0.norm().item<double>() + 1e-12) << name << " " << item.key();
+      if (item.value().dim() == 4) EXPECT_TRUE(fp[item.key()].is_contiguous(torch::MemoryFormat::ChannelsLast));
+    }
+    // Whole training runs.
+    std::vector<Collector> records(2);
+    for (int f = 0; f < 2; ++f) {
+      std::shared_ptr<DSModelImpl> model = make();
+      TrainOptions o = fast_options().steps(10).eval_every(0).channels_last(f == 1).prefetch(f == 1);
+      train(*model, data, o.seed(3), {&records[f]});
+    }
+    for (size_t i = 0; i < records[0].steps.size(); ++i) {
+      const double a = records[0].steps[i].loss, b = records[1].steps[i].loss;
+      EXPECT_NEAR(a, b, 1e-4 * std::abs(a)) << name << " step " << i + 1;
+    }
+  }
+}
+
 TEST(Train, StepsToTargetIsTheFirstFullWindowAtTarget) {
   Trained t = train_tiny("he", 3);
   // Recompute from the per-step accuracies.

@@ -12,6 +12,7 @@
 
 #include <liondg/errors.h>
 #include <liondg/experiment/run.h>
+#include <liondg/util/memory.h>
 
 #include <c10/util/Exception.h>
 
@@ -19,6 +20,8 @@
 
 int main(int argc, char** argv) {
   using namespace liondg::cli;
+  // Reuse freed activation memory instead of mapping it anew every step.
+  liondg::configure_cpu_allocator();
   CLI::App app{"liondg: layer-informed initialization for deeply-supervised networks (LION-DG)"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("liondg ") + liondg::version_info().at("liondg"));
@@ -28,6 +31,7 @@ int main(int argc, char** argv) {
   add_describe_command(app, status);
   add_grid_commands(app, status);
   add_data_commands(app, status);
+  add_bench_commands(app, status);
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {

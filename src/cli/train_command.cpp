@@ -179,6 +179,8 @@ void add_train_command(CLI::App& app, int& status) {
       ->capture_default_str();
   cmd->add_flag("--no-prefetch", [opts](int64_t) { opts->prefetch(false); },
                 "Prepare batches on the training thread (the same batches; for timing comparisons)");
+  cmd->add_flag("--no-channels-last", [opts](int64_t) { opts->channels_last(false); },
+                "NCHW activations instead of channels-last (equal within float rounding; slower on oneDNN CPUs)");
   cmd->add_option("--val-split", config->val_split,
                   "Hold out N training images (stratified, seeded by --seed) and validate on them instead of the "
                   "test split; the test split is then evaluated once at the end")

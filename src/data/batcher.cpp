@@ -154,6 +154,7 @@ TrainBatcher::Batch TrainBatcher::make_batch() {
     torch::Tensor mask = torch::from_blob(flip.data(), {options_.batch_size, 1, 1, 1}, torch::kUInt8).to(torch::kBool);
     images = torch::where(mask, images.flip(/*dims=*/{3}), images);
   }
+  if (options_.channels_last) images = images.contiguous(torch::MemoryFormat::ChannelsLast);
   return {images, data_.labels.index_select(0, index)};
 }
 

@@ -177,6 +177,7 @@ json config_json(const RunConfig& c, const DataSource& data, const ChannelStats&
                 {"hflip", t.hflip()},
                 {"crop_padding", t.crop_padding()},
                 {"prefetch", t.prefetch()},
+                {"channels_last", t.channels_last()},
                 {"stop_at_target", t.stop_at_target()}};
   j["versions"] = version_info();
   return j;

@@ -10,6 +10,12 @@ namespace {
 torch::nn::Conv2dOptions conv_options(int64_t in, int64_t out, int64_t kernel) {
   return torch::nn::Conv2dOptions(in, out, kernel).padding(kernel / 2).bias(false);
 }
+
+// relu(norm(x)); in place on the BatchNorm output, which nothing else reads (its
+// backward needs the input, not the output), saving one activation-sized buffer.
+torch::Tensor norm_relu(torch::nn::BatchNorm2d& norm, const torch::Tensor& x) {
+  return norm ? norm->forward(x).relu_() : torch::relu(x);
+}
 }  // namespace
 
 DenseLayerImpl::DenseLayerImpl(int64_t in_channels, int64_t growth, BlockKind kind, bool batch_norm) : kind_(kind) {
@@ -25,7 +31,7 @@ DenseLayerImpl::DenseLayerImpl(int64_t in_channels, int64_t growth, BlockKind ki
 }
 
 torch::Tensor DenseLayerImpl::forward(const torch::Tensor& x) {
-  torch::Tensor h = torch::relu(norm_ ? norm_->forward(x) : x);
+  torch::Tensor h = norm_relu(norm_, x);
   switch (kind_) {
     case BlockKind::kFixup:
       return observe(*conv_, conv_->forward(h + fixup_bias_a)) * fixup_scale + fixup_bias_b;
@@ -43,7 +49,7 @@ TransitionImpl::TransitionImpl(int64_t in_channels, int64_t out_channels, bool b
 }
 
 torch::Tensor TransitionImpl::forward(const torch::Tensor& x) {
-  torch::Tensor h = torch::relu(norm_ ? norm_->forward(x) : x);
+  torch::Tensor h = norm_relu(norm_, x);
   return torch::avg_pool2d(observe(*conv_, conv_->forward(h)), /*kernel_size=*/{2, 2});
 }
 
@@ -101,7 +107,7 @@ torch::Tensor DenseNetDSImpl::features(const torch::Tensor& x, Taps& taps) {
     h = taps.tap("block" + std::to_string(b + 1), torch::cat(maps, /*dim=*/1));
     if (b < transitions_.size()) h = transitions_[b]->forward(h);
   }
-  return torch::relu(final_norm_ ? final_norm_->forward(h) : h);
+  return norm_relu(final_norm_, h);
 }
 
 DSOutput DenseNetDSImpl::forward(const torch::Tensor& x) {

@@ -191,4 +191,11 @@ DSOutput DeeplySupervisedImpl::forward(const torch::Tensor& x) {
   return apply_heads(features, taps);
 }
 
+void to_channels_last_(torch::nn::Module& model) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : model.parameters()) {
+    if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
+  }
+}
+
 }  // namespace liondg

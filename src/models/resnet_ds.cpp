@@ -58,9 +58,11 @@ torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
     case BlockKind::kStandard:
       break;
   }
-  torch::Tensor b = torch::relu(norm(bn1_, observe(*conv1_, conv1_->forward(x))));
+  // In place on BatchNorm outputs and on the sum, which no backward needs.
+  torch::Tensor b = observe(*conv1_, conv1_->forward(x));
+  b = bn1_ ? bn1_->forward(b).relu_() : torch::relu(b);
   b = norm(bn2_, observe(*conv2_, conv2_->forward(b)));
-  return torch::relu(b + shortcut(x));
+  return (b + shortcut(x)).relu_();
 }
 
 ResNetDSImpl::ResNetDSImpl(const ResNetDSOptions& options_) : DSModelImpl("ResNetDS"), options(options_) {
@@ -105,7 +107,7 @@ torch::Tensor ResNetDSImpl::features(const torch::Tensor& x, Taps& taps) {
   TORCH_CHECK_VALUE(x.dim() == 4 && x.size(1) == options.in_channels(), "ResNetDS expects input (N,",
                     options.in_channels(), ",H,W), got ", x.sizes());
   torch::Tensor h = observe(*stem_conv_, stem_conv_->forward(x));
-  h = torch::relu(stem_bn_ ? stem_bn_->forward(h) : h);
+  h = stem_bn_ ? stem_bn_->forward(h).relu_() : torch::relu(h);
   for (size_t s = 0; s < stages_.size(); ++s) {
     for (auto& block : stages_[s]) h = block->forward(h);
     // Side-tap: the head reads h; the stream continues with the very same h.

@@ -50,12 +50,7 @@ std::vector<torch::Tensor> grads_of(const torch::Tensor& loss, const std::vector
                                /*create_graph=*/false, /*allow_unused=*/true);
 }
 
-struct Losses {
-  torch::Tensor main;
-  std::vector<torch::Tensor> aux;
-  torch::Tensor aux_term;  // alpha * sum_k L_aux_k (a zero scalar without heads)
-  torch::Tensor total;
-};
+}  // namespace
 
 Losses compute_losses(const DSOutput& out, const torch::Tensor& labels, double aux_weight) {
   Losses l;
@@ -70,8 +65,6 @@ Losses compute_losses(const DSOutput& out, const torch::Tensor& labels, double a
   return l;
 }
 
-// The optimizer with its parameter groups: (learning-rate multiplier, decay on/off)
-// per parameter, grouped.
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(DSModelImpl& model, const TrainOptions& o) {
   std::map<std::pair<bool, bool>, std::vector<torch::Tensor>> groups;  // (scalar, decay off) -> params
   for (const auto& p : model.parameters()) {
@@ -105,15 +98,14 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(DSModelImpl& model, cons
   return std::make_unique<torch::optim::AdamW>(param_groups, torch::optim::AdamWOptions(o.lr()));
 }
 
-}  // namespace
-
 double aux_weight_at(const TrainOptions& o, int64_t step) {
   if (o.aux_warmup_steps() <= 0) return o.aux_weight();
   const double t = static_cast<double>(step - 1);
   return o.aux_weight() * std::min(1.0, t / static_cast<double>(o.aux_warmup_steps()));
 }
 
-EvalRecord evaluate(DSModelImpl& model, const Dataset& split, const ChannelStats& stats, int64_t batch_size) {
+EvalRecord evaluate(DSModelImpl& model, const Dataset& split, const ChannelStats& stats, int64_t batch_size,
+                    bool channels_last) {
   TORCH_CHECK_VALUE(batch_size > 0, "evaluation batch size must be > 0, got ", batch_size);
   const bool was_training = model.is_training();
   model.eval();
@@ -126,6 +118,7 @@ EvalRecord evaluate(DSModelImpl& model, const Dataset& split, const ChannelStats
     for (int64_t start = 0; start < split.size(); start += batch_size) {
       const int64_t n = std::min(batch_size, split.size() - start);
       torch::Tensor x = normalize(split.images.narrow(0, start, n), stats);
+      if (channels_last) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
       torch::Tensor y = split.labels.narrow(0, start, n);
       DSOutput out = model.forward(x);
       main_correct += out.logits.argmax(1).eq(y).sum().item<int64_t>();
@@ -181,7 +174,9 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
   bo.seed = o.seed();
   bo.crop_padding = o.crop_padding();
   bo.prefetch = o.prefetch();
+  bo.channels_last = o.channels_last();
   TrainBatcher batcher(data.train, stats, bo);
+  if (o.channels_last()) to_channels_last_(model);
   std::unique_ptr<torch::optim::Optimizer> optimizer = make_optimizer(model, o);
   const std::vector<torch::Tensor> backbone = parameters_of_kind(model, ParamRole::Kind::kBackbone);
   const int64_t num_aux = model.num_aux_heads();
@@ -198,7 +193,7 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
   }
   auto emit_eval = [&](int64_t step) {
     const auto t0 = Clock::now();
-    EvalRecord e = evaluate(model, eval_split, stats, o.eval_batch_size());
+    EvalRecord e = evaluate(model, eval_split, stats, o.eval_batch_size(), o.channels_last());
     e.step = step;
     summary.eval_seconds += seconds_since(t0);
     for (auto* s : sinks) s->on_eval(e);
@@ -277,7 +272,7 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
     summary.final_eval = emit_eval(summary.steps_run);
     if (data.val.size() > 0) {
       const auto t0 = Clock::now();
-      summary.final_test = evaluate(model, data.test, stats, o.eval_batch_size());
+      summary.final_test = evaluate(model, data.test, stats, o.eval_batch_size(), o.channels_last());
       summary.final_test->step = summary.steps_run;
       summary.eval_seconds += seconds_since(t0);
     }

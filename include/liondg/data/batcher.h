@@ -37,6 +37,8 @@ struct BatcherOptions {
   /// Prepare the next batch on a background thread while the caller trains on the
   /// current one. Batches are identical with and without prefetching.
   bool prefetch = true;
+  /// Hand out batches in channels-last (NHWC) memory format.
+  bool channels_last = false;
 };
 
 /// Random crops of a uint8 or float batch (B,C,H,W) -> (B,C,H,W): image b is cut at

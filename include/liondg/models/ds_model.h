@@ -168,6 +168,11 @@ std::vector<torch::Tensor> parameters_of_kind(const DSModelImpl& model, ParamRol
 /// Number of scalar parameters per role name plus "total".
 std::map<std::string, int64_t> parameter_counts(const DSModelImpl& model);
 
+/// Stores every 4-d parameter (convolution weights) channels-last (NHWC strides), so
+/// that oneDNN convolutions and BatchNorm run on channels-last activations without
+/// layout reorders. Values are unchanged; call before creating the optimizer.
+void to_channels_last_(torch::nn::Module& model);
+
 // ------------------------------------------------------------------ user backbones
 
 /// A user backbone that exposes tap points. Implement `forward(x, taps)`:

@@ -7,6 +7,7 @@
 #include <liondg/models/ds_model.h>
 
 #include <torch/arg.h>
+#include <torch/optim/optimizer.h>
 
 #include <cstdint>
 #include <functional>
@@ -55,6 +56,9 @@ struct TrainOptions {
   TORCH_ARG(int64_t, crop_padding) = 0;
   /// Prepare the next batch while the current one trains (same batches either way).
   TORCH_ARG(bool, prefetch) = true;
+  /// Channels-last (NHWC) activations and convolution weights: the same model, about
+  /// 10% faster on oneDNN CPUs; results equal the NCHW path within float rounding.
+  TORCH_ARG(bool, channels_last) = true;
   /// Seed of the data order and augmentation (model init is seeded by the caller).
   TORCH_ARG(uint64_t, seed) = 42;
   /// Stop as soon as the target is reached (the paper trains the full budget).
@@ -110,11 +114,26 @@ class RecordSink {
   virtual void on_eval(const EvalRecord& /*record*/) {}
 };
 
+/// The paper's objective on one batch: cross-entropy of every head.
+struct Losses {
+  torch::Tensor main;
+  std::vector<torch::Tensor> aux;
+  torch::Tensor aux_term;  // alpha * sum_k L_aux_k (a zero scalar without heads)
+  torch::Tensor total;     // main + aux_term
+};
+// out: logits (N,K) per head, labels (N) -> losses
+Losses compute_losses(const DSOutput& out, const torch::Tensor& labels, double aux_weight);
+
+/// The optimizer of `options` (AdamW or SGD) over `model`'s parameters, grouped by
+/// (learning-rate multiplier, weight decay on/off) per the per-group options.
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(DSModelImpl& model, const TrainOptions& options);
+
 /// alpha(t) of the auxiliary schedule at 1-based `step`.
 double aux_weight_at(const TrainOptions& options, int64_t step);
 
 /// Evaluates every head on `split` in inference mode (batch statistics frozen).
-EvalRecord evaluate(DSModelImpl& model, const Dataset& split, const ChannelStats& stats, int64_t batch_size);
+EvalRecord evaluate(DSModelImpl& model, const Dataset& split, const ChannelStats& stats, int64_t batch_size,
+                    bool channels_last = false);
 
 /// Trains `model` (already initialized) on `data.train`, validating on
 /// `data.eval_split()` (the held-out split if there is one, else the test split; with

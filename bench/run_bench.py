@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of liondg against PyTorch eager (bench/peer.py) on this machine.
+
+    /usr/bin/python3 bench/run_bench.py [--liondg build/liondg] [--reps 5] [--steps 10] [--threads 2]
+                                        [--models densenet-ds,resnet-ds] [--out bench/results]
+
+For every model it alternates `liondg bench step` and `peer.py step` (then the same for eval)
+`--reps` times, each a fresh process timing `--steps` iterations after warm-up, and reports
+medians of the per-process medians, the ratio ours/peer, the peak resident memory of each
+process (getrusage of the child), the training step's achieved GFLOP/s against the machine's
+fp32 peak (how the peak is derived is printed), and the set-up cost of LSUV and GradInit as a
+fraction of a 3000-step run. Writes OUT/latest.json and OUT/latest.md.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PEER = os.path.join(HERE, "peer.py")
+
+
+def run(cmd, env=None):
+    """Runs cmd and returns the JSON object on the last line of its stdout."""
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, env=env).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_rss(cmd, env=None):
+    """Like run() but returns the child's own peak RSS (MiB) via os.wait4."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.dup2(w, 1)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.execvpe(cmd[0], cmd, env or os.environ)
+    os.close(w)
+    chunks = []
+    while True:
+        b = os.read(r, 65536)
+        if not b:
+            break
+        chunks.append(b)
+    os.close(r)
+    _, status, usage = os.wait4(pid, 0)
+    if status != 0:
+        raise SystemExit(f"command failed ({status}): {' '.join(cmd)}")
+    text = b"".join(chunks).decode()
+    return json.loads(text.strip().splitlines()[-1]), usage.ru_maxrss / 1024.0
+
+
+def cpu_peak():
+    """fp32 peak of this machine from /proc/cpuinfo: cores x clock x FLOP/cycle/core."""
+    info = open("/proc/cpuinfo").read()
+    flags = set()
+    mhz, vendor, model = 0.0, "", ""
+    for line in info.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+        elif line.startswith("cpu MHz"):
+            mhz = max(mhz, float(line.split(":", 1)[1]))
+        elif line.startswith("vendor_id"):
+            vendor = line.split(":", 1)[1].strip()
+        elif line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+    cores = os.cpu_count()
+    if "avx512f" in flags and vendor == "GenuineIntel":
+        per_cycle, why = 64, "AVX-512: 2 FMA units x 16 fp32 lanes x 2 FLOP (Intel server cores)"
+    elif "avx512f" in flags:
+        per_cycle, why = 32, "AVX-512 on AMD Zen 4: 2 FMA pipes x 8 fp32 lanes (256-bit datapath) x 2 FLOP"
+    elif "fma" in flags and "avx2" in flags:
+        per_cycle, why = 32, "AVX2+FMA: 2 FMA units x 8 fp32 lanes x 2 FLOP"
+    else:
+        per_cycle, why = 8, "SSE: 4 lanes x 2 ops"
+    peak = cores * mhz / 1000.0 * per_cycle
+    text = (f"{cores} cores x {mhz / 1000:.3f} GHz (cpu MHz of /proc/cpuinfo, {vendor} {model}) x "
+            f"{per_cycle} FLOP/cycle ({why}) = {peak:.1f} GFLOP/s")
+    return peak, text
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--liondg", default=os.path.join(HERE, "..", "build", "liondg"))
+    p.add_argument("--python", default="/usr/bin/python3", help="Python with Debian's python3-torch")
+    p.add_argument("--models", default="densenet-ds,resnet-ds")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--no-init-cost", action="store_true", help="skip the LSUV/GradInit set-up cost runs")
+    p.add_argument("--gradinit-iters", type=int, default=390, help="GradInit iterations of the set-up cost run")
+    p.add_argument("--tuned-peer", action="store_true",
+                   help="also time the peer with liondg's malloc settings (GLIBC_TUNABLES), to separate the "
+                        "allocator's share of the gain from the rest")
+    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    a = p.parse_args()
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
+    common = ["--batch-size", str(a.batch_size), "--steps", str(a.steps), "--warmup", str(a.warmup),
+              "--threads", str(a.threads), "--json"]
+    peak, peak_text = cpu_peak()
+    torch_version = run([a.python, PEER, "params", "--json"])["torch"]
+    results = {"machine": {"cpu_peak_gflops": peak, "cpu_peak_derivation": peak_text, "python_torch": torch_version,
+                           "platform": platform.platform(), "threads": a.threads},
+               "settings": vars(a), "models": {}}
+    print(f"peak: {peak_text}", flush=True)
+    for model in a.models.split(","):
+        flops = run([a.python, PEER, "flops", "--model", model, "--json"])["forward_flops_per_image"]
+        entry = {"forward_flops_per_image": flops}
+        for what in ("step", "eval"):
+            ours, peer, ours_rss, peer_rss, tuned = [], [], [], [], []
+            tuned_env = dict(env, GLIBC_TUNABLES="glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1073741824")
+            for rep in range(a.reps):  # alternate, so drifts in machine load hit both equally
+                r, rss = run_rss([a.liondg, "bench", what, "--model", model] + common, env)
+                ours.append(r["median_s"])
+                ours_rss.append(rss)
+                r, rss = run_rss([a.python, PEER, what, "--model", model] + common, env)
+                peer.append(r["median_s"])
+                peer_rss.append(rss)
+                if a.tuned_peer:
+                    tuned.append(run([a.python, PEER, what, "--model", model] + common, tuned_env)["median_s"])
+                print(f"  {model} {what} rep {rep + 1}/{a.reps}: ours {ours[-1]:.4f} s, peer {peer[-1]:.4f} s",
+                      flush=True)
+            e = {"ours_median_s": median(ours), "peer_median_s": median(peer), "ratio": median(ours) / median(peer),
+                 "ours_reps_s": ours, "peer_reps_s": peer,
+                 "ours_peak_rss_mib": max(ours_rss), "peer_peak_rss_mib": max(peer_rss)}
+            if tuned:
+                e["peer_malloc_tuned_median_s"] = median(tuned)
+                e["ratio_vs_malloc_tuned_peer"] = median(ours) / median(tuned)
+            if what == "step":
+                train_flops = 3 * flops * a.batch_size  # forward + backward (input and weight gradients)
+                e["ours_gflops"] = train_flops / e["ours_median_s"] / 1e9
+                e["peer_gflops"] = train_flops / e["peer_median_s"] / 1e9
+                e["ours_fraction_of_peak"] = e["ours_gflops"] / peak
+            else:
+                e["ours_images_per_s"] = a.batch_size / e["ours_median_s"]
+                e["peer_images_per_s"] = a.batch_size / e["peer_median_s"]
+            entry[what] = e
+        if not a.no_init_cost:
+            entry["init_cost"] = {}
+            with tempfile.TemporaryDirectory() as tmp:
+                for init in ("lsuv", "gradinit"):
+                    out_dir = os.path.join(tmp, init)
+                    subprocess.run([a.liondg, "train", "--model", model, "--init", init, "--dataset", "synthetic",
+                                    "--synthetic-train-size", "2048", "--steps", "1", "--eval-every", "0",
+                                    "--grad-every", "0", "--threads", str(a.threads), "--quiet", "--no-save-model",
+                                    "--gradinit-iters", str(a.gradinit_iters),
+                                    "--out", out_dir], check=True, env=env, stdout=subprocess.DEVNULL)
+                    s = json.load(open(os.path.join(out_dir, "summary.json")))
+                    run_s = 3000 * entry["step"]["ours_median_s"]
+                    entry["init_cost"][init] = {"seconds": s["init_seconds"], "fraction_of_3000_steps": s["init_seconds"] / run_s}
+                    if init == "gradinit":
+                        entry["init_cost"][init]["iterations"] = a.gradinit_iters
+        results["models"][model] = entry
+
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "latest.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    lines = [f"# liondg vs PyTorch eager ({torch_version}), {a.threads} threads, batch {a.batch_size}", "",
+             f"Machine: {platform.platform()}; fp32 peak {peak_text}.", "",
+             f"Medians of {a.reps} alternating process pairs, each the median of {a.steps} steps after "
+             f"{a.warmup} warm-up steps. Ratio = ours / peer (lower is better for ours).", "",
+             "| model | what | liondg | PyTorch eager | ratio | liondg peak RSS | PyTorch peak RSS | liondg GFLOP/s (of peak) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for model, e in results["models"].items():
+        for what in ("step", "eval"):
+            x = e[what]
+            extra = (f"{x['ours_gflops']:.1f} ({100 * x['ours_fraction_of_peak']:.0f}%)" if what == "step"
+                     else f"{x['ours_images_per_s']:.0f} vs {x['peer_images_per_s']:.0f} images/s")
+            lines.append(f"| {model} | {what} | {x['ours_median_s']:.4f} s | {x['peer_median_s']:.4f} s | "
+                         f"{x['ratio']:.2f}x | {x['ours_peak_rss_mib']:.0f} MiB | {x['peer_peak_rss_mib']:.0f} MiB | {extra} |")
+    if a.tuned_peer:
+        lines += ["", "Against PyTorch eager run with the same glibc malloc settings as liondg "
+                  "(GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1073741824):", ""]
+        for model, e in results["models"].items():
+            for what in ("step", "eval"):
+                x = e[what]
+                lines.append(f"- {model} {what}: peer {x['peer_malloc_tuned_median_s']:.4f} s, "
+                             f"ratio {x['ratio_vs_malloc_tuned_peer']:.2f}x")
+    for model, e in results["models"].items():
+        for init, c in e.get("init_cost", {}).items():
+            lines.append("")
+            iters = f" ({c['iterations']} iterations)" if "iterations" in c else ""
+            lines.append(f"{model} {init}{iters} set-up: {c['seconds']:.2f} s = "
+                         f"{100 * c['fraction_of_3000_steps']:.2f}% of a 3000-step run")
+    with open(os.path.join(a.out, "latest.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

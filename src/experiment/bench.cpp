@@ -1,0 +1,85 @@
+// `liondg bench`: the training step and evaluation timed alone.
+
+#include <liondg/experiment/bench.h>
+#include <liondg/experiment/run.h>
+#include <liondg/init/init.h>
+#include <liondg/train/trainer.h>
+
+#include <algorithm>
+#include <chrono>
+
+namespace liondg {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+BenchResult summarize(std::vector<double> seconds) {
+  BenchResult r;
+  r.seconds = seconds;
+  std::sort(seconds.begin(), seconds.end());
+  const size_t n = seconds.size();
+  r.median_s = n == 0 ? 0.0 : (n % 2 ? seconds[n / 2] : 0.5 * (seconds[n / 2 - 1] + seconds[n / 2]));
+  r.min_s = n == 0 ? 0.0 : seconds.front();
+  r.threads = torch::get_num_threads();
+  return r;
+}
+
+std::shared_ptr<DSModelImpl> bench_model(ModelSpec spec, const BenchOptions& o) {
+  TORCH_CHECK_VALUE(o.batch_size() > 0, "--batch-size must be > 0, got ", o.batch_size());
+  TORCH_CHECK_VALUE(o.steps() > 0, "--steps must be > 0, got ", o.steps());
+  TORCH_CHECK_VALUE(o.warmup() >= 0, "--warmup must be >= 0, got ", o.warmup());
+  set_threads(o.threads());
+  spec.num_classes = o.num_classes();
+  spec.in_channels = o.channels();
+  torch::manual_seed(o.seed());
+  std::shared_ptr<DSModelImpl> model = make_model(spec);
+  lion_dg_init_(*model);
+  return model;
+}
+
+}  // namespace
+
+BenchResult bench_train_step(const ModelSpec& spec, const BenchOptions& o) {
+  std::shared_ptr<DSModelImpl> model = bench_model(spec, o);
+  const TrainOptions train;  // the paper's AdamW, channels-last as in train()
+  if (train.channels_last()) to_channels_last_(*model);
+  std::unique_ptr<torch::optim::Optimizer> optimizer = make_optimizer(*model, train);
+  torch::Tensor images = torch::randn({o.batch_size(), o.channels(), o.image_size(), o.image_size()});
+  if (train.channels_last()) images = images.contiguous(torch::MemoryFormat::ChannelsLast);
+  const torch::Tensor labels = torch::randint(o.num_classes(), {o.batch_size()}, torch::kInt64);
+  model->train();
+  std::vector<double> seconds;
+  for (int64_t i = 0; i < o.warmup() + o.steps(); ++i) {
+    const auto t0 = Clock::now();
+    DSOutput out = model->forward(images);
+    Losses l = compute_losses(out, labels, train.aux_weight());
+    optimizer->zero_grad();
+    l.total.backward();
+    optimizer->step();
+    volatile double loss = l.total.item<double>();
+    (void)loss;
+    if (i >= o.warmup()) seconds.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  return summarize(seconds);
+}
+
+BenchResult bench_eval(const ModelSpec& spec, const BenchOptions& o) {
+  std::shared_ptr<DSModelImpl> model = bench_model(spec, o);
+  const TrainOptions train;
+  if (train.channels_last()) to_channels_last_(*model);
+  torch::Tensor images = torch::randn({o.batch_size(), o.channels(), o.image_size(), o.image_size()});
+  if (train.channels_last()) images = images.contiguous(torch::MemoryFormat::ChannelsLast);
+  model->eval();
+  std::vector<double> seconds;
+  torch::InferenceMode inference;
+  for (int64_t i = 0; i < o.warmup() + o.steps(); ++i) {
+    const auto t0 = Clock::now();
+    DSOutput out = model->forward(images);
+    volatile int64_t first = out.logits.argmax(/*dim=*/1)[0].item<int64_t>();
+    (void)first;
+    if (i >= o.warmup()) seconds.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  return summarize(seconds);
+}
+
+}  // namespace liondg
