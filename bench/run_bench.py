@@ -118,7 +118,7 @@ def main():
         entry = {"forward_flops_per_image": flops}
         for what in ("step", "eval"):
             ours, peer, ours_rss, peer_rss, tuned = [], [], [], [], []
-            tuned_env = dict(env, GLIBC_TUNABLES="glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1073741824")
+            tuned_env = dict(env, GLIBC_TUNABLES="glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824")
             for rep in range(a.reps):  # alternate, so drifts in machine load hit both equally
                 r, rss = run_rss([a.liondg, "bench", what, "--model", model] + common, env)
                 ours.append(r["median_s"])
@@ -180,7 +180,7 @@ def main():
                          f"{x['ratio']:.2f}x | {x['ours_peak_rss_mib']:.0f} MiB | {x['peer_peak_rss_mib']:.0f} MiB | {extra} |")
     if a.tuned_peer:
         lines += ["", "Against PyTorch eager run with the same glibc malloc settings as liondg "
-                  "(GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1073741824):", ""]
+                  "(GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824):", ""]
         for model, e in results["models"].items():
             for what in ("step", "eval"):
                 x = e[what]

@@ -80,8 +80,9 @@ TEST(Train, SameSeedGivesIdenticalMetrics) {
   EXPECT_TRUE(differs_from_c);
 }
 
-// The fast path (channels-last activations and weights, in-place ReLU on BatchNorm
-// outputs, prefetched batches) against the straightforward one (NCHW, no prefetch).
+// The fast path (fused dense blocks, channels-last activations and weights, in-place
+// ReLU on BatchNorm outputs, prefetched batches) against the straightforward one
+// (layer by layer, NCHW, no prefetch).
 // Stated tolerances: gradients of one step from the same parameters agree to 1e-4
 // relative (norm of the difference / norm); losses over 10 AdamW steps to 1e-4
 // relative. (Parameters after several AdamW steps are not compared element-wise:
@@ -104,6 +105,7 @@ TEST(Train, FastPathMatchesTheStraightforwardPath) {
     const torch::Tensor y = data.train.labels.narrow(0, 0, 32);
     std::shared_ptr<DSModelImpl> plain = make(), fast = make();
     to_channels_last_(*fast);
+    fast->set_fused_training(true);
     compute_losses(plain->forward(x), y, 0.3).total.backward();
     compute_losses(fast->forward(x.contiguous(torch::MemoryFormat::ChannelsLast)), y, 0.3).total.backward();
     const auto pp = plain->named_parameters(), fp = fast->named_parameters();
@@ -114,11 +116,17 @@ TEST(Train, FastPathMatchesTheStraightforwardPath) {
       EXPECT_LE((g0 - g1).norm().item<double>(), 1e-4 * g0.norm().item<double>() + 1e-12) << name << " " << item.key();
       if (item.value().dim() == 4) EXPECT_TRUE(fp[item.key()].is_contiguous(torch::MemoryFormat::ChannelsLast));
     }
+    // The fused block updates BatchNorm's running statistics like BatchNorm2d.
+    const auto pb = plain->named_buffers(), fb = fast->named_buffers();
+    for (const auto& item : pb) {
+      const torch::Tensor d = (item.value().to(torch::kFloat64) - fb[item.key()].to(torch::kFloat64)).abs();
+      EXPECT_LE(d.max().item<double>(), 1e-5 * (1 + item.value().abs().max().item<double>())) << name << " " << item.key();
+    }
     // Whole training runs.
     std::vector<Collector> records(2);
     for (int f = 0; f < 2; ++f) {
       std::shared_ptr<DSModelImpl> model = make();
-      TrainOptions o = fast_options().steps(10).eval_every(0).channels_last(f == 1).prefetch(f == 1);
+      TrainOptions o = fast_options().steps(10).eval_every(0).channels_last(f == 1).prefetch(f == 1).fused(f == 1);
       train(*model, data, o.seed(3), {&records[f]});
     }
     for (size_t i = 0; i < records[0].steps.size(); ++i) {

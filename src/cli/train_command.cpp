@@ -179,6 +179,8 @@ void add_train_command(CLI::App& app, int& status) {
       ->capture_default_str();
   cmd->add_flag("--no-prefetch", [opts](int64_t) { opts->prefetch(false); },
                 "Prepare batches on the training thread (the same batches; for timing comparisons)");
+  cmd->add_flag("--no-fused", [opts](int64_t) { opts->fused(false); },
+                "Layer-by-layer dense blocks instead of the fused block (equal within float rounding; slower)");
   cmd->add_flag("--no-channels-last", [opts](int64_t) { opts->channels_last(false); },
                 "NCHW activations instead of channels-last (equal within float rounding; slower on oneDNN CPUs)");
   cmd->add_option("--val-split", config->val_split,

@@ -44,6 +44,7 @@ BenchResult bench_train_step(const ModelSpec& spec, const BenchOptions& o) {
   const TrainOptions train;  // the paper's AdamW, channels-last as in train()
   if (train.channels_last()) to_channels_last_(*model);
   std::unique_ptr<torch::optim::Optimizer> optimizer = make_optimizer(*model, train);
+  model->set_fused_training(train.fused());
   torch::Tensor images = torch::randn({o.batch_size(), o.channels(), o.image_size(), o.image_size()});
   if (train.channels_last()) images = images.contiguous(torch::MemoryFormat::ChannelsLast);
   const torch::Tensor labels = torch::randint(o.num_classes(), {o.batch_size()}, torch::kInt64);

@@ -178,6 +178,7 @@ json config_json(const RunConfig& c, const DataSource& data, const ChannelStats&
                 {"crop_padding", t.crop_padding()},
                 {"prefetch", t.prefetch()},
                 {"channels_last", t.channels_last()},
+                {"fused", t.fused()},
                 {"stop_at_target", t.stop_at_target()}};
   j["versions"] = version_info();
   return j;

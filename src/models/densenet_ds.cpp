@@ -99,12 +99,22 @@ torch::Tensor DenseNetDSImpl::features(const torch::Tensor& x, Taps& taps) {
   TORCH_CHECK_VALUE(x.dim() == 4 && x.size(1) == options.in_channels(), "DenseNetDS expects input (N,",
                     options.in_channels(), ",H,W), got ", x.sizes());
   torch::Tensor h = observe(*stem_, stem_->forward(x));
+  // The fused block (one feature buffer, hand-written backward) when training with
+  // first-order gradients; the layer-by-layer path otherwise (evaluation, LSUV's
+  // observer, GradInit's second-order objective, Fixup/ReZero layers, no BatchNorm).
+  const bool fused = fused_ && is_training() && torch::GradMode::is_enabled() && !observing() &&
+                     options.block() == BlockKind::kStandard && options.batch_norm() && h.device().is_cpu() &&
+                     h.scalar_type() == torch::kFloat32;
   for (size_t b = 0; b < blocks_.size(); ++b) {
-    // Straightforward dense connectivity: each layer reads the concatenation of all
-    // earlier feature maps of the block.
-    std::vector<torch::Tensor> maps{h};
-    for (auto& layer : blocks_[b]) maps.push_back(layer->forward(torch::cat(maps, /*dim=*/1)));
-    h = taps.tap("block" + std::to_string(b + 1), torch::cat(maps, /*dim=*/1));
+    if (fused && block_channels_[b] <= kMaxFusedChannels) {
+      h = taps.tap("block" + std::to_string(b + 1), dense_block_fused(h, blocks_[b]));
+    } else {
+      // Straightforward dense connectivity: each layer reads the concatenation of all
+      // earlier feature maps of the block.
+      std::vector<torch::Tensor> maps{h};
+      for (auto& layer : blocks_[b]) maps.push_back(layer->forward(torch::cat(maps, /*dim=*/1)));
+      h = taps.tap("block" + std::to_string(b + 1), torch::cat(maps, /*dim=*/1));
+    }
     if (b < transitions_.size()) h = transitions_[b]->forward(h);
   }
   return norm_relu(final_norm_, h);

@@ -12,6 +12,8 @@ const torch::Tensor& observe(torch::nn::Module& layer, const torch::Tensor& outp
   return output;
 }
 
+bool observing() { return g_observer != nullptr; }
+
 ObserverGuard::ObserverGuard(LayerObserver* observer) : previous_(g_observer) { g_observer = observer; }
 ObserverGuard::~ObserverGuard() { g_observer = previous_; }
 

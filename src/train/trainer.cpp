@@ -178,6 +178,12 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
   TrainBatcher batcher(data.train, stats, bo);
   if (o.channels_last()) to_channels_last_(model);
   std::unique_ptr<torch::optim::Optimizer> optimizer = make_optimizer(model, o);
+  // The fused fast path for this loop only (it is first-order; callers may need more).
+  struct FusedScope {
+    DSModelImpl& m;
+    FusedScope(DSModelImpl& model, bool on) : m(model) { m.set_fused_training(on); }
+    ~FusedScope() { m.set_fused_training(false); }
+  } fused_scope(model, o.fused());
   const std::vector<torch::Tensor> backbone = parameters_of_kind(model, ParamRole::Kind::kBackbone);
   const int64_t num_aux = model.num_aux_heads();
 

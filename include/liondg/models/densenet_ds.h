@@ -49,6 +49,7 @@ class DenseLayerImpl : public torch::nn::Module {
   // x: (N,C_in,H,W) -> new features (N,growth,H,W)
   torch::Tensor forward(const torch::Tensor& x);
   torch::nn::Conv2d conv() const { return conv_; }
+  torch::nn::BatchNorm2d norm() const { return norm_; }
   BlockKind kind() const { return kind_; }
   /// Fixup scalars (undefined for other kinds): bias before the conv, multiplier and bias after it.
   torch::Tensor fixup_bias_a, fixup_scale, fixup_bias_b;
@@ -88,6 +89,10 @@ class DenseNetDSImpl : public DSModelImpl {
   /// Every dense layer, block by block.
   const std::vector<std::vector<DenseLayer>>& blocks() const { return blocks_; }
 
+  /// Training forward of standard BatchNorm dense blocks through `dense_block_fused`
+  /// (used when training, gradients enabled and no layer observer installed).
+  void set_fused_training(bool enabled) override { fused_ = enabled; }
+
   DenseNetDSOptions options;
 
  private:
@@ -96,7 +101,20 @@ class DenseNetDSImpl : public DSModelImpl {
   std::vector<Transition> transitions_;
   torch::nn::BatchNorm2d final_norm_{nullptr};
   std::vector<int64_t> block_channels_;
+  bool fused_ = false;
 };
 TORCH_MODULE(DenseNetDS);
+
+/// One dense block in training mode with one pre-allocated, channels-last feature
+/// buffer: each layer's BatchNorm+ReLU reads its input channels straight from the
+/// buffer (no re-concatenation), per-chunk batch statistics are computed once and
+/// reused by every later layer (the statistics of a chunk are the same for every
+/// layer that reads it), and the backward pass accumulates each chunk's gradient in
+/// place. Updates the layers' running statistics like BatchNorm2d. First-order
+/// gradients only. Standard layers with BatchNorm only.
+/// Widest block (input plus all new channels) the fused block handles.
+constexpr int64_t kMaxFusedChannels = 512;
+// x: (N,C0,H,W) -> block output (N, C0 + layers * growth, H, W), channels-last
+torch::Tensor dense_block_fused(const torch::Tensor& x, const std::vector<DenseLayer>& layers);
 
 }  // namespace liondg

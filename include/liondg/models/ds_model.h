@@ -112,6 +112,9 @@ class DSModelImpl : public torch::nn::Module {
   explicit DSModelImpl(std::string name) : torch::nn::Module(std::move(name)) {}
   // x: (N,C,H,W) -> main logits (N,K) and one (N,K) per auxiliary head
   virtual DSOutput forward(const torch::Tensor& x) = 0;
+  /// Lets a model use a fused training fast path that is first-order only (no double
+  /// backward). The trainer turns it on for its loop and off afterwards; default: no-op.
+  virtual void set_fused_training(bool /*enabled*/) {}
 
   int64_t num_aux_heads() const { return static_cast<int64_t>(aux_specs_.size()); }
   /// The tap point each auxiliary head reads, in head order.

@@ -21,6 +21,10 @@ class LayerObserver {
 /// Reports `output` of `layer` to the active observer of this thread (if any) and returns it.
 const torch::Tensor& observe(torch::nn::Module& layer, const torch::Tensor& output);
 
+/// Whether an observer is installed on this thread (fused fast paths that skip
+/// per-layer outputs must then take the layer-by-layer path).
+bool observing();
+
 /// Installs `observer` for the current thread for the guard's lifetime.
 class ObserverGuard {
  public:

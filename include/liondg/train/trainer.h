@@ -59,6 +59,9 @@ struct TrainOptions {
   /// Channels-last (NHWC) activations and convolution weights: the same model, about
   /// 10% faster on oneDNN CPUs; results equal the NCHW path within float rounding.
   TORCH_ARG(bool, channels_last) = true;
+  /// Fused training fast paths of the model (DenseNet-DS: `dense_block_fused`) inside
+  /// the training loop; equal to the layer-by-layer path within float rounding.
+  TORCH_ARG(bool, fused) = true;
   /// Seed of the data order and augmentation (model init is seeded by the caller).
   TORCH_ARG(uint64_t, seed) = 42;
   /// Stop as soon as the target is reached (the paper trains the full budget).
