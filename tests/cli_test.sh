@@ -123,6 +123,19 @@ expect_exit 0 "report: $TMP/smoke/report.md" -- "$LIONDG" grid --preset smoke --
 expect_exit 0 "already finished, 0 to run" -- "$LIONDG" grid --preset smoke --out "$TMP/smoke"
 expect_exit 0 "| synthetic | densenet-ds | lion-dg |" -- "$LIONDG" report "$TMP/smoke"
 expect_exit 1 "no results.jsonl" -- "$LIONDG" report "$TMP"
+# the same grid in two shards, merged
+expect_exit 0 "" -- "$LIONDG" grid --preset smoke --shard 1/2 --out "$TMP/sh1" --no-report --quiet
+expect_exit 0 "" -- "$LIONDG" grid --preset smoke --shard 2/2 --out "$TMP/sh2" --no-report --quiet
+expect_exit 0 "0 failed, 0 missing" -- "$LIONDG" grid merge "$TMP/sh1" "$TMP/sh2" --out "$TMP/merged"
+expect_exit 0 "| synthetic | densenet-ds | lion-dg |" -- cat "$TMP/merged/report.md"
+if /usr/bin/python3 - "$TMP/smoke/results.jsonl" "$TMP/merged/results.jsonl" <<'PY'
+import json, sys
+keys = [sorted((json.loads(l)["key"], json.loads(l)["status"]) for l in open(p) if l.strip()) for p in sys.argv[1:]]
+assert keys[0] == keys[1], keys
+PY
+then pass=$((pass + 1)); else echo "FAIL: merged shards do not hold the cells of the whole grid"; fail=$((fail + 1)); fi
+expect_exit 1 "incomplete" -- "$LIONDG" grid merge "$TMP/sh1" --out "$TMP/merged-half" --no-report
+expect_exit 2 "not empty" -- "$LIONDG" grid merge "$TMP/sh1" "$TMP/sh2" --out "$TMP/merged"
 
 # parameter counts per role
 expect_exit 0 "total: 163182" -- "$LIONDG" describe --model densenet-ds

@@ -108,6 +108,54 @@ TEST(Grid, ResultsIgnoreATornLastLine) {
   EXPECT_EQ(r[1].key, "c");
 }
 
+// Shards merged: finished beats failed, the first input wins among finished
+// results, missing cells are counted, run directories are copied, and a different
+// grid is refused. Result lines are written by hand (no training needed).
+TEST(Grid, MergeShardsOfOneGridAndRefuseAnother) {
+  testing::TempDir a, b, c, out;
+  const GridSpec spec = grid_preset("smoke");
+  const std::vector<GridCell> cells = expand_grid(spec);
+  ASSERT_GE(cells.size(), 3u);
+  for (const auto* dir : {&a, &b}) write_file_atomic(dir->file("grid.json"), spec.json + "\n");
+  auto line = [](const GridCell& cell, const std::string& status, const std::string& tag) {
+    return nlohmann::json{{"key", cell.key}, {"status", status}, {"run_dir", cell.config.out_dir}, {"tag", tag}}.dump();
+  };
+  // a: cell 0 completed, cell 1 failed; b: cell 1 completed, cell 0 completed again.
+  append_result(a.file("results.jsonl"), line(cells[0], "completed", "a"));
+  append_result(a.file("results.jsonl"), line(cells[1], "failed", "a"));
+  append_result(b.file("results.jsonl"), line(cells[1], "completed", "b"));
+  append_result(b.file("results.jsonl"), line(cells[0], "completed", "b"));
+  ASSERT_TRUE(make_directories(a.file(cells[0].config.out_dir)));
+  write_file_atomic(a.file(cells[0].config.out_dir + "/summary.json"), "{\"from\": \"a\"}\n");
+
+  const std::string merged = out.file("merged");
+  const MergeSummary m = merge_grids({a.path(), b.path()}, merged);
+  EXPECT_EQ(m.cells, static_cast<int64_t>(cells.size()));
+  EXPECT_EQ(m.finished, 2);
+  EXPECT_EQ(m.failed, 0);
+  EXPECT_EQ(m.missing, static_cast<int64_t>(cells.size()) - 2);
+  EXPECT_EQ(m.duplicates, 1);
+  const auto results = read_results(merged + "/results.jsonl");
+  ASSERT_EQ(results.size(), 2u);
+  EXPECT_EQ(results[0].key, cells[0].key);  // grid order
+  EXPECT_NE(results[0].json.find("\"tag\":\"a\""), std::string::npos);  // the first input wins
+  EXPECT_NE(results[1].json.find("\"tag\":\"b\""), std::string::npos);  // finished beats failed
+  EXPECT_TRUE(is_regular_file(merged + "/" + cells[0].config.out_dir + "/summary.json"));
+  EXPECT_TRUE(is_regular_file(merged + "/grid.json"));
+
+  // Another grid, a non-empty output and an input as output are refused.
+  write_file_atomic(c.file("grid.json"), grid_preset("quick").json + "\n");
+  try {
+    merge_grids({a.path(), c.path()}, out.file("other"));
+    ADD_FAILURE() << "expected a UsageError";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("describes a different grid"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(merge_grids({a.path(), b.path()}, merged), UsageError);
+  EXPECT_THROW(merge_grids({a.path(), b.path()}, a.path()), UsageError);
+  EXPECT_THROW(merge_grids({out.file("nope")}, out.file("x")), DataError);
+}
+
 // Grid runs need the command-line tool (worker processes).
 #define REQUIRE_CLI() \
   if (std::string(LIONDG_CLI_PATH).empty()) GTEST_SKIP() << "built without the command-line tool"

@@ -34,7 +34,36 @@ void add_grid_commands(CLI::App& app, int& status) {
     cmd->add_flag("--no-estimate", a->no_estimate, "With --dry-run: list the cells without timing probes");
     cmd->add_flag("--quiet", a->quiet, "Only the final summary");
     cmd->add_flag("--no-report", a->no_report, "Do not write the report at the end");
-    cmd->callback([a, &status]() {
+
+    // `liondg grid merge DIR... --out OUT`: shards from several machines into one grid.
+    struct MergeArgs {
+      std::vector<std::string> dirs;
+      std::string out;
+      bool no_report = false;
+    };
+    auto m = std::make_shared<MergeArgs>();
+    auto* merge = cmd->add_subcommand("merge", "Merge grid directories of one grid (e.g. shards) into one, with its report");
+    merge->add_option("dirs", m->dirs, "Grid directories to merge")->required();
+    merge->add_option("--out", m->out, "New grid directory for the merged results")->required();
+    merge->add_flag("--no-report", m->no_report, "Do not write the report");
+    merge->callback([m, &status]() {
+      const MergeSummary s = merge_grids(m->dirs, m->out);
+      std::cout << "merged " << m->dirs.size() << " director" << (m->dirs.size() == 1 ? "y" : "ies") << " into "
+                << m->out << ": " << s.cells << " cells, " << s.finished << " finished, " << s.failed << " failed, "
+                << s.missing << " missing, " << s.duplicates << " finished in more than one input (first kept)\n";
+      if (!m->no_report && s.finished > 0) {
+        const ReportResult r = write_report(m->out);
+        std::cout << "\n" << r.table1_markdown << "\nreport: " << r.markdown_path << " and " << r.html_path << "\n";
+      }
+      status = s.failed + s.missing > 0 ? kExitRuntime : kExitOk;
+      if (status != kExitOk) {
+        std::cerr << "error: the merged grid is incomplete (" << s.failed << " failed, " << s.missing
+                  << " missing cells); run the missing shards and merge again\n";
+      }
+    });
+
+    cmd->callback([a, merge, &status]() {
+      if (merge->parsed()) return;  // `grid merge` ran instead
       if (a->preset.empty() && a->config.empty()) throw UsageError("grid needs --preset NAME or --config FILE");
       GridSpec spec = a->preset.empty() ? grid_from_toml_file(a->config) : grid_preset(a->preset);
       for (const auto& d : a->data) {

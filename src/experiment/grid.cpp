@@ -11,11 +11,14 @@
 #include <nlohmann/json.hpp>
 #include <toml++/toml.h>
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <climits>
+#include <cstdlib>
 #include <cstring>
 
 #include <chrono>
@@ -630,6 +633,91 @@ int64_t run_grid(const GridSpec& spec, const GridOptions& o) {
     }
   }
   return failed;
+}
+
+MergeSummary merge_grids(const std::vector<std::string>& dirs, const std::string& out_dir) {
+  if (dirs.empty()) throw UsageError("grid merge needs at least one grid directory");
+  auto canonical = [](const std::string& p) {
+    char buf[PATH_MAX];
+    return realpath(p.c_str(), buf) != nullptr ? std::string(buf) : p;
+  };
+  // The inputs: one grid, the same specification everywhere.
+  std::string spec_json;
+  GridSpec spec;
+  for (const auto& dir : dirs) {
+    const std::string path = join_path(dir, "grid.json");
+    if (!is_regular_file(path)) throw DataError("'" + dir + "' is not a grid directory: no grid.json");
+    const GridSpec g = grid_from_json(read_text(path), "'" + path + "'");
+    if (spec_json.empty()) {
+      spec_json = g.json;
+      spec = g;
+    } else if (g.json != spec_json) {
+      const Json a = Json::parse(spec_json), b = Json::parse(g.json);
+      std::string keys;
+      for (const auto& [k, v] : a.items()) {
+        if (!b.contains(k) || b[k] != v) keys += (keys.empty() ? "" : ", ") + k;
+      }
+      for (const auto& [k, v] : b.items()) {
+        if (!a.contains(k)) keys += (keys.empty() ? "" : ", ") + k;
+      }
+      throw UsageError("'" + path + "' describes a different grid than '" + join_path(dirs.front(), "grid.json") +
+                       "' (differs in: " + keys + "); only shards or partial runs of one grid can be merged");
+    }
+    if (canonical(dir) == canonical(out_dir)) {
+      throw UsageError("--out '" + out_dir + "' is one of the inputs; merge into a new directory");
+    }
+  }
+  if (is_directory(out_dir)) {
+    DIR* d = opendir(out_dir.c_str());
+    int entries = 0;
+    while (d != nullptr && readdir(d) != nullptr) ++entries;
+    if (d != nullptr) closedir(d);
+    if (entries > 2) throw UsageError("--out '" + out_dir + "' is not empty; merge into a new directory");
+  }
+  ensure_writable_dir(out_dir);
+
+  // Per cell: the first finished result in argument order, else the first failed one.
+  struct Pick {
+    std::string dir;
+    CellResult result;
+  };
+  std::map<std::string, Pick> picked;
+  MergeSummary m;
+  for (const auto& dir : dirs) {
+    for (const auto& r : read_results(join_path(dir, "results.jsonl"))) {
+      const bool finished = r.status == "completed" || r.status == "diverged";
+      auto it = picked.find(r.key);
+      if (it == picked.end()) {
+        picked[r.key] = {dir, r};
+        continue;
+      }
+      const bool kept_finished = it->second.result.status == "completed" || it->second.result.status == "diverged";
+      if (finished && kept_finished) {
+        ++m.duplicates;
+      } else if (finished) {
+        it->second = {dir, r};
+      }
+    }
+  }
+  write_file_atomic(join_path(out_dir, "grid.json"), spec_json + "\n");
+  const std::string results = join_path(out_dir, "results.jsonl");
+  for (const auto& cell : expand_grid(spec)) {
+    ++m.cells;
+    auto it = picked.find(cell.key);
+    if (it == picked.end()) {
+      ++m.missing;
+      continue;
+    }
+    const CellResult& r = it->second.result;
+    (r.status == "failed" ? m.failed : m.finished) += 1;
+    const Json line = Json::parse(r.json);
+    const std::string run_dir = line.value("run_dir", "");
+    if (!run_dir.empty() && is_directory(join_path(it->second.dir, run_dir))) {
+      copy_tree(join_path(it->second.dir, run_dir), join_path(out_dir, run_dir));
+    }
+    append_result(results, r.json);
+  }
+  return m;
 }
 
 }  // namespace liondg

@@ -3,9 +3,12 @@
 #include <liondg/errors.h>
 #include <liondg/util/fs.h>
 
+#include <dirent.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <vector>
 #include <fcntl.h>
 #include <ftw.h>
 #include <sys/stat.h>
@@ -90,6 +93,58 @@ void ensure_writable_dir(const std::string& dir) {
   if (fd < 0) throw DataError("output directory '" + dir + "' is not writable: " + std::strerror(errno));
   ::close(fd);
   ::unlink(probe.c_str());
+}
+
+void copy_tree(const std::string& from, const std::string& to) {
+  if (!make_directories(to)) throw DataError("cannot create directory '" + to + "': " + std::strerror(errno));
+  DIR* d = opendir(from.c_str());
+  if (d == nullptr) throw DataError("cannot list directory '" + from + "': " + std::strerror(errno));
+  std::vector<std::string> names;
+  while (dirent* e = readdir(d)) {
+    const std::string name = e->d_name;
+    if (name != "." && name != "..") names.push_back(name);
+  }
+  closedir(d);
+  for (const auto& name : names) {
+    const std::string src = join_path(from, name), dst = join_path(to, name);
+    if (is_directory(src)) {
+      copy_tree(src, dst);
+      continue;
+    }
+    if (!is_regular_file(src)) continue;
+    const int in = ::open(src.c_str(), O_RDONLY | O_CLOEXEC);
+    if (in < 0) throw DataError("cannot read '" + src + "': " + std::strerror(errno));
+    const int out = ::open(dst.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (out < 0) {
+      const int err = errno;
+      ::close(in);
+      throw DataError("cannot write '" + dst + "': " + std::strerror(err));
+    }
+    std::vector<char> buf(1 << 20);
+    bool ok = true;
+    while (ok) {
+      const ssize_t n = ::read(in, buf.data(), buf.size());
+      if (n == 0) break;
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        ok = false;
+        break;
+      }
+      for (ssize_t done = 0; done < n;) {
+        const ssize_t w = ::write(out, buf.data() + done, static_cast<size_t>(n - done));
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+          ok = false;
+          break;
+        }
+        done += w;
+      }
+    }
+    const int err = errno;
+    ::close(in);
+    ok = (::close(out) == 0) && ok;
+    if (!ok) throw DataError("cannot copy '" + src + "' to '" + dst + "': " + std::strerror(err));
+  }
 }
 
 }  // namespace liondg

@@ -81,6 +81,24 @@ struct GridOptions {
 /// skipped; failed cells are retried. Returns the number of cells that failed now.
 int64_t run_grid(const GridSpec& spec, const GridOptions& options);
 
+/// What `merge_grids` did.
+struct MergeSummary {
+  int64_t cells = 0;       // cells of the grid
+  int64_t finished = 0;    // completed or diverged, in the merged results
+  int64_t failed = 0;      // only failed attempts found
+  int64_t missing = 0;     // in no input directory
+  int64_t duplicates = 0;  // finished in more than one input (the first input's result is kept)
+};
+
+/// Merges grid directories of one grid (shards run on several machines, or partial
+/// runs) into `out_dir`: every input must hold a grid.json describing the same grid
+/// (else UsageError naming the first that differs); per cell a finished result
+/// (completed or diverged) beats a failed one, and among finished ones the first
+/// input in argument order wins. Writes out_dir/grid.json, results.jsonl (in grid
+/// order) and copies each kept cell's run directory. `out_dir` must not exist or be
+/// empty, and must not be one of the inputs.
+MergeSummary merge_grids(const std::vector<std::string>& dirs, const std::string& out_dir);
+
 /// Runs one cell in this process and appends its result line (the worker side).
 CellResult run_grid_cell(const std::string& grid_dir, const std::string& key, int threads);
 

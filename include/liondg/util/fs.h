@@ -24,6 +24,9 @@ bool is_directory(const std::string& path);
 bool make_directories(const std::string& path);
 /// `rm -rf`; ignores errors.
 void remove_tree(const std::string& path);
+/// Copies a directory tree (regular files and folders) to `to`, creating it.
+/// Throws DataError naming the file that could not be read or written.
+void copy_tree(const std::string& from, const std::string& to);
 /// `dir + "/" + name` without doubling a trailing slash.
 std::string join_path(const std::string& dir, const std::string& name);
 
