@@ -199,6 +199,76 @@ def bench_eval(a):
     return r
 
 
+def bench_e2e(a):
+    """A short real run the standard PyTorch way: JPEGs read from the archive into memory once,
+    decoded with PIL in DataLoader workers every epoch, flip + normalization, training steps and
+    periodic evaluation on the first --eval-images test images. Wall time from the start."""
+    import io
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    t0 = time.perf_counter()
+    splits = {"train": [], "test": []}
+    with tarfile.open(a.data) as tf:
+        for m in tf:
+            if not m.isfile() or not m.name.lower().endswith((".jpg", ".jpeg", ".png")):
+                continue
+            parts = m.name.split("/")
+            split, cls = parts[-3], parts[-2]
+            if split in splits:
+                splits[split].append((cls, tf.extractfile(m).read()))
+    classes = sorted({c for c, _ in splits["train"]})
+    index = {c: i for i, c in enumerate(classes)}
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(3, 1, 1)
+    std = torch.tensor([0.2470, 0.2435, 0.2616]).view(3, 1, 1)
+
+    class Images(torch.utils.data.Dataset):
+        def __init__(self, items, train):
+            self.items, self.train = items, train
+
+        def __len__(self):
+            return len(self.items)
+
+        def __getitem__(self, i):
+            cls, raw = self.items[i]
+            img = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+            x = (torch.from_numpy(img.copy()).permute(2, 0, 1).float() / 255.0 - mean) / std
+            if self.train and torch.rand(()) < 0.5:
+                x = x.flip(2)
+            return x, index[cls]
+
+    train = torch.utils.data.DataLoader(Images(splits["train"], True), batch_size=a.batch_size, shuffle=True,
+                                        num_workers=a.workers, drop_last=True, persistent_workers=a.workers > 0)
+    test = torch.utils.data.DataLoader(Images(splits["test"][:a.eval_images], False), batch_size=256,
+                                       num_workers=a.workers)
+    model = make_model(a.model, len(classes))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
+    step, it = 0, iter(train)
+    while step < a.steps:
+        try:
+            x, y = next(it)
+        except StopIteration:
+            it = iter(train)
+            continue
+        model.train()
+        logits, aux = model(x)
+        loss = F.cross_entropy(logits, y) + 0.3 * sum(F.cross_entropy(z, y) for z in aux)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss.item()
+        step += 1
+        if step % a.eval_every == 0 or step == a.steps:
+            model.eval()
+            with torch.inference_mode():
+                for x, y in test:
+                    model(x)[0].argmax(1)
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "train_images_per_s": a.steps * a.batch_size / wall}
+
+
 def forward_flops(a):
     """Multiply-adds x 2 of every convolution and linear layer for one image."""
     model = make_model(a.model, a.num_classes).eval()
@@ -225,7 +295,11 @@ def forward_flops(a):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["step", "eval", "flops", "params"])
+    p.add_argument("what", choices=["step", "eval", "e2e", "flops", "params"])
+    p.add_argument("--data", help="e2e: image-folder archive (e.g. cifar10-jpeg.tar.gz)")
+    p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--eval-images", type=int, default=2000)
+    p.add_argument("--workers", type=int, default=2, help="e2e: DataLoader worker processes")
     p.add_argument("--model", default="densenet-ds")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=20)
@@ -243,6 +317,8 @@ def main():
         r = bench_step(a)
     elif a.what == "eval":
         r = bench_eval(a)
+    elif a.what == "e2e":
+        r = bench_e2e(a)
     elif a.what == "flops":
         r = forward_flops(a)
     else:

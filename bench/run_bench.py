@@ -18,6 +18,7 @@ import platform
 import statistics
 import subprocess
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEER = os.path.join(HERE, "peer.py")
@@ -87,6 +88,32 @@ def median(xs):
     return statistics.median(xs)
 
 
+def e2e(a, model, env):
+    """A short real run end to end (data loading, flips, training, evaluation every 25 steps on 2000
+    test images): `liondg train` on the archive (cold: decoding it; warm: from the decoded cache)
+    vs peer.py e2e (PIL decoding in 2 DataLoader workers). Wall time of the whole process."""
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cache_env = dict(env, LIONDG_CACHE_DIR=os.path.join(tmp, "cache"))
+        for label in ("cold", "warm"):
+            t0 = time.perf_counter()
+            subprocess.run([a.liondg, "train", "--model", model, "--init", "lion-dg", "--dataset", "cifar10",
+                            "--data", a.data, "--steps", str(a.e2e_steps), "--eval-every", "25", "--eval-limit", "2000",
+                            "--grad-every", "0", "--threads", str(a.threads), "--quiet", "--no-save-model",
+                            "--out", os.path.join(tmp, label)], check=True, env=cache_env, stdout=subprocess.DEVNULL)
+            wall = time.perf_counter() - t0
+            out["ours_" + label + "_wall_s"] = wall
+            out["ours_" + label + "_images_per_s"] = a.e2e_steps * a.batch_size / wall
+        r = run([a.python, PEER, "e2e", "--model", model, "--data", a.data, "--steps", str(a.e2e_steps),
+                 "--eval-every", "25", "--eval-images", "2000", "--threads", str(a.threads), "--json"], env)
+        out["peer_wall_s"] = r["wall_s"]
+        out["peer_images_per_s"] = r["train_images_per_s"]
+    out["steps"] = a.e2e_steps
+    print(f"  {model} e2e: ours {out['ours_cold_wall_s']:.1f} s cold / {out['ours_warm_wall_s']:.1f} s warm, "
+          f"peer {out['peer_wall_s']:.1f} s", flush=True)
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--liondg", default=os.path.join(HERE, "..", "build", "liondg"))
@@ -102,6 +129,9 @@ def main():
     p.add_argument("--tuned-peer", action="store_true",
                    help="also time the peer with liondg's malloc settings (GLIBC_TUNABLES), to separate the "
                         "allocator's share of the gain from the rest")
+    p.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data", "cifar10-jpeg.tar.gz"),
+                   help="image-folder archive for the end-to-end run ('' to skip it)")
+    p.add_argument("--e2e-steps", type=int, default=50)
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     a = p.parse_args()
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
@@ -160,6 +190,8 @@ def main():
                     entry["init_cost"][init] = {"seconds": s["init_seconds"], "fraction_of_3000_steps": s["init_seconds"] / run_s}
                     if init == "gradinit":
                         entry["init_cost"][init]["iterations"] = a.gradinit_iters
+        if a.data and os.path.exists(a.data):
+            entry["e2e"] = e2e(a, model, env)
         results["models"][model] = entry
 
     os.makedirs(a.out, exist_ok=True)
@@ -186,6 +218,15 @@ def main():
                 x = e[what]
                 lines.append(f"- {model} {what}: peer {x['peer_malloc_tuned_median_s']:.4f} s, "
                              f"ratio {x['ratio_vs_malloc_tuned_peer']:.2f}x")
+    for model, e in results["models"].items():
+        if "e2e" in e:
+            x = e["e2e"]
+            lines.append("")
+            lines.append(f"{model} end to end on {os.path.basename(a.data)} ({x['steps']} steps, evaluation every 25 "
+                         f"steps on 2000 test images, whole process): liondg {x['ours_cold_wall_s']:.1f} s decoding "
+                         f"the archive / {x['ours_warm_wall_s']:.1f} s from the cache, PyTorch + DataLoader "
+                         f"{x['peer_wall_s']:.1f} s (ratio {x['ours_warm_wall_s'] / x['peer_wall_s']:.2f}x warm, "
+                         f"{x['ours_cold_wall_s'] / x['peer_wall_s']:.2f}x cold)")
     for model, e in results["models"].items():
         for init, c in e.get("init_cost", {}).items():
             lines.append("")

@@ -9,6 +9,8 @@
 
 #include <unistd.h>
 
+#include "expect.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -19,16 +21,7 @@ using testing::TempDir;
 using testing::idx_bytes;
 using testing::write_bytes;
 
-// Expects `fn` to throw DataError whose message contains every one of `needles`.
-template <typename Fn>
-void expect_data_error(Fn fn, const std::vector<std::string>& needles) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected a DataError";
-  } catch (const DataError& e) {
-    for (const auto& n : needles) EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what();
-  }
-}
+using testing::expect_data_error;
 
 TEST(Idx, ReadsPlainAndGzipWithShapeAndValues) {
   TempDir dir;

@@ -5,6 +5,8 @@
 #include <liondg/data/image.h>
 #include <liondg/errors.h>
 
+#include "expect.h"
+
 #include <gtest/gtest.h>
 #include <cstdio>  // before jpeglib.h, which uses FILE without including it
 #include <jpeglib.h>
@@ -28,16 +30,7 @@ namespace {
 constexpr int64_t kSizes[][2] = {{1, 1}, {1, 7}, {7, 1}, {3, 5}, {13, 17}, {32, 32}, {33, 65}, {100, 37}, {256, 256}};
 constexpr char kWhat[] = "fixtures.tar.gz:train/cat/0001.img";
 
-// Expects `fn` to throw DataError whose message contains every one of `needles`.
-template <typename Fn>
-void expect_data_error(Fn fn, const std::vector<std::string>& needles) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected a DataError";
-  } catch (const DataError& e) {
-    for (const auto& n : needles) EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what();
-  }
-}
+using testing::expect_data_error;
 
 void expect_decode_error(const std::vector<uint8_t>& bytes, const std::vector<std::string>& needles,
                          const ImageLimits& limits = {}) {

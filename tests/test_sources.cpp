@@ -1,6 +1,7 @@
 // Data sources: image folders in directories and archives, layout detection,
 // the decoded cache, held-out validation, random crops and prefetching.
 
+#include "expect.h"
 #include "fixtures.h"
 
 #include <liondg/data/archive.h>
@@ -15,7 +16,6 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
-#include <dirent.h>
 
 #include <functional>
 #include <map>
@@ -26,14 +26,7 @@ namespace {
 using testing::TempDir;
 using testing::write_bytes;
 
-void expect_data_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected a DataError containing '" << parts.front() << "'";
-  } catch (const DataError& e) {
-    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
-  }
-}
+using testing::expect_data_error;
 
 // A deterministic test image: a smooth ramp (so JPEG keeps it close), offset by seed.
 Image pattern(int64_t h, int64_t w, int64_t c, int seed) {
@@ -123,15 +116,7 @@ LoadOptions cached_in(const TempDir& cache) {
 }
 
 std::vector<std::string> list_dir(const std::string& dir) {
-  std::vector<std::string> names;
-  if (DIR* d = opendir(dir.c_str())) {
-    while (dirent* e = readdir(d)) {
-      const std::string n = e->d_name;
-      if (n != "." && n != "..") names.push_back(n);
-    }
-    closedir(d);
-  }
-  return names;
+  return is_directory(dir) ? list_directory(dir) : std::vector<std::string>{};
 }
 
 // Checks labels and pixels of a loaded folder against the fixture (exact for PNG).

@@ -114,7 +114,9 @@ TEST(Train, FastPathMatchesTheStraightforwardPath) {
       const torch::Tensor& g1 = fp[item.key()].grad();
       ASSERT_TRUE(g0.defined() && g1.defined()) << name << " " << item.key();
       EXPECT_LE((g0 - g1).norm().item<double>(), 1e-4 * g0.norm().item<double>() + 1e-12) << name << " " << item.key();
-      if (item.value().dim() == 4) EXPECT_TRUE(fp[item.key()].is_contiguous(torch::MemoryFormat::ChannelsLast));
+      if (item.value().dim() == 4) {
+        EXPECT_TRUE(fp[item.key()].is_contiguous(torch::MemoryFormat::ChannelsLast));
+      }
     }
     // The fused block updates BatchNorm's running statistics like BatchNorm2d.
     const auto pb = plain->named_buffers(), fb = fast->named_buffers();

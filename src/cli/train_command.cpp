@@ -169,6 +169,9 @@ void add_train_command(CLI::App& app, int& status) {
   cmd->add_option("--eval-every", opts->eval_every(), "Validation every E steps (0 = only at the end)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  cmd->add_option("--eval-limit", opts->eval_limit(), "Validate on the first N images of the evaluation split (0 = all)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   cmd->add_option("--eval-batch-size", opts->eval_batch_size(), "Batch size of validation")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();

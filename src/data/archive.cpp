@@ -6,7 +6,6 @@
 
 #include <archive.h>
 #include <archive_entry.h>
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -41,19 +40,10 @@ void open_archive(ArchiveReader& r, const std::string& path) {
   }
 }
 
-void list_directory(const std::string& root, const std::string& relative, std::vector<std::string>& files,
+void list_tree(const std::string& root, const std::string& relative, std::vector<std::string>& files,
                     std::vector<std::string>& dirs, std::map<std::string, int64_t>& sizes,
                     std::map<std::string, int64_t>& mtimes) {
-  const std::string dir = relative.empty() ? root : join_path(root, relative);
-  DIR* d = opendir(dir.c_str());
-  if (d == nullptr) throw DataError("cannot list directory '" + dir + "': " + std::strerror(errno));
-  std::vector<std::string> names;
-  while (dirent* e = readdir(d)) {
-    const std::string name = e->d_name;
-    if (name != "." && name != "..") names.push_back(name);
-  }
-  closedir(d);
-  for (const auto& name : names) {
+  for (const auto& name : list_directory(relative.empty() ? root : join_path(root, relative))) {
     const std::string rel = relative.empty() ? name : relative + "/" + name;
     struct stat st {};
     if (stat(join_path(root, rel).c_str(), &st) != 0) {
@@ -61,7 +51,7 @@ void list_directory(const std::string& root, const std::string& relative, std::v
     }
     if (S_ISDIR(st.st_mode)) {
       dirs.push_back(rel);
-      list_directory(root, rel, files, dirs, sizes, mtimes);
+      list_tree(root, rel, files, dirs, sizes, mtimes);
     } else if (S_ISREG(st.st_mode)) {
       files.push_back(rel);
       sizes[rel] = static_cast<int64_t>(st.st_size);
@@ -109,7 +99,7 @@ SourceTree SourceTree::open(const std::string& path, const ArchiveLimits& limits
   SourceTree tree;
   tree.path_ = path;
   if (is_directory(path)) {
-    list_directory(path, "", tree.files_, tree.dirs_, tree.sizes_, tree.mtimes_);
+    list_tree(path, "", tree.files_, tree.dirs_, tree.sizes_, tree.mtimes_);
     std::sort(tree.files_.begin(), tree.files_.end());
     std::sort(tree.dirs_.begin(), tree.dirs_.end());
     return tree;

@@ -11,7 +11,6 @@
 #include <nlohmann/json.hpp>
 #include <toml++/toml.h>
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -667,12 +666,8 @@ MergeSummary merge_grids(const std::vector<std::string>& dirs, const std::string
       throw UsageError("--out '" + out_dir + "' is one of the inputs; merge into a new directory");
     }
   }
-  if (is_directory(out_dir)) {
-    DIR* d = opendir(out_dir.c_str());
-    int entries = 0;
-    while (d != nullptr && readdir(d) != nullptr) ++entries;
-    if (d != nullptr) closedir(d);
-    if (entries > 2) throw UsageError("--out '" + out_dir + "' is not empty; merge into a new directory");
+  if (is_directory(out_dir) && !list_directory(out_dir).empty()) {
+    throw UsageError("--out '" + out_dir + "' is not empty; merge into a new directory");
   }
   ensure_writable_dir(out_dir);
 

@@ -95,17 +95,21 @@ void ensure_writable_dir(const std::string& dir) {
   ::unlink(probe.c_str());
 }
 
-void copy_tree(const std::string& from, const std::string& to) {
-  if (!make_directories(to)) throw DataError("cannot create directory '" + to + "': " + std::strerror(errno));
-  DIR* d = opendir(from.c_str());
-  if (d == nullptr) throw DataError("cannot list directory '" + from + "': " + std::strerror(errno));
+std::vector<std::string> list_directory(const std::string& dir) {
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) throw DataError("cannot list directory '" + dir + "': " + std::strerror(errno));
   std::vector<std::string> names;
   while (dirent* e = readdir(d)) {
     const std::string name = e->d_name;
     if (name != "." && name != "..") names.push_back(name);
   }
   closedir(d);
-  for (const auto& name : names) {
+  return names;
+}
+
+void copy_tree(const std::string& from, const std::string& to) {
+  if (!make_directories(to)) throw DataError("cannot create directory '" + to + "': " + std::strerror(errno));
+  for (const auto& name : list_directory(from)) {
     const std::string src = join_path(from, name), dst = join_path(to, name);
     if (is_directory(src)) {
       copy_tree(src, dst);

@@ -2,6 +2,7 @@
 // Small file-system helpers: atomic writes and output-directory checks.
 
 #include <string>
+#include <vector>
 
 namespace liondg {
 
@@ -24,6 +25,9 @@ bool is_directory(const std::string& path);
 bool make_directories(const std::string& path);
 /// `rm -rf`; ignores errors.
 void remove_tree(const std::string& path);
+/// Names of the entries of `dir` (without "." and ".."), unsorted. Throws DataError
+/// naming the directory if it cannot be listed.
+std::vector<std::string> list_directory(const std::string& dir);
 /// Copies a directory tree (regular files and folders) to `to`, creating it.
 /// Throws DataError naming the file that could not be read or written.
 void copy_tree(const std::string& from, const std::string& to);

@@ -1,0 +1,24 @@
+#pragma once
+// Assertions shared by the test files (GoogleTest and the library's error types only).
+
+#include <liondg/errors.h>
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace liondg::testing {
+
+/// Expects `fn` to throw DataError whose message contains every one of `needles`.
+template <typename Fn>
+void expect_data_error(Fn fn, const std::vector<std::string>& needles) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected a DataError containing '" << (needles.empty() ? "" : needles.front()) << "'";
+  } catch (const DataError& e) {
+    for (const auto& n : needles) EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace liondg::testing
