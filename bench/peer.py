@@ -159,6 +159,16 @@ def make_model(name, classes=10):
 
 # ------------------------------------------------------------------ timing
 
+def train_step(model, opt, x, y):
+    """liondg's step: L = L_main + 0.3 * sum L_aux, backward, AdamW, loss read back."""
+    logits, aux = model(x)
+    loss = F.cross_entropy(logits, y) + 0.3 * sum(F.cross_entropy(z, y) for z in aux)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    loss.item()
+
+
 def summarize(seconds):
     return {"median_s": statistics.median(seconds), "min_s": min(seconds), "seconds": seconds}
 
@@ -172,12 +182,7 @@ def bench_step(a):
     seconds = []
     for i in range(a.warmup + a.steps):
         t0 = time.perf_counter()
-        logits, aux = model(x)
-        loss = F.cross_entropy(logits, y) + 0.3 * sum(F.cross_entropy(z, y) for z in aux)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        loss.item()
+        train_step(model, opt, x, y)
         if i >= a.warmup:
             seconds.append(time.perf_counter() - t0)
     return summarize(seconds)
@@ -253,12 +258,7 @@ def bench_e2e(a):
             it = iter(train)
             continue
         model.train()
-        logits, aux = model(x)
-        loss = F.cross_entropy(logits, y) + 0.3 * sum(F.cross_entropy(z, y) for z in aux)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        loss.item()
+        train_step(model, opt, x, y)
         step += 1
         if step % a.eval_every == 0 or step == a.steps:
             model.eval()

@@ -10,6 +10,8 @@
 #include <liondg/errors.h>
 #include <liondg/util/fs.h>
 
+#include "names.h"
+
 #include <torch/nn/functional/upsampling.h>
 
 #include <unistd.h>
@@ -63,12 +65,6 @@ bool has_image_extension(const std::string& name) {
     if (n.size() > e.size() && n.compare(n.size() - e.size(), e.size(), e) == 0) return true;
   }
   return false;
-}
-
-std::vector<std::string> numbered_names(int64_t n) {
-  std::vector<std::string> names;
-  for (int64_t i = 0; i < n; ++i) names.push_back(std::to_string(i));
-  return names;
 }
 
 std::vector<std::string> text_lines(const std::vector<uint8_t>& bytes) {
@@ -528,8 +524,8 @@ void load_image_folder(const SourceTree& tree, const Layout& layout, const LoadO
 
 // ------------------------------------------------------------------ whole source
 
-DataSource load_tree(const std::string& name, const SourceTree& tree, const LoadOptions& options) {
-  const std::vector<Layout> layouts = detect_layouts(tree);
+DataSource load_tree(const std::string& name, const SourceTree& tree, const std::vector<Layout>& layouts,
+                     const LoadOptions& options) {
   if (layouts.empty()) {
     throw DataError("'" + tree.path() + "' holds no supported data layout; expected IDX files " +
                     "(train-images-idx3-ubyte[.gz], ...), CIFAR binary (data_batch_1.bin / train.bin), CIFAR python " +
@@ -645,13 +641,14 @@ DataSource load_dataset(const std::string& name, const std::string& path_in, con
   // Archives are fingerprinted without opening them, so a cached load never decompresses.
   const bool archive = is_regular_file(path);
   std::optional<SourceTree> tree;
+  std::vector<Layout> layouts;
   std::string fingerprint;
   bool cacheable = archive;
   if (archive) {
     if (options.use_cache) fingerprint = source_fingerprint(path);
   } else {
     tree = SourceTree::open(path);
-    const std::vector<Layout> layouts = detect_layouts(*tree);
+    layouts = detect_layouts(*tree);
     for (const auto& l : layouts) {
       if (name_accepts(name, l.format)) {
         cacheable = l.format == "image-folder" || l.format.find("python") != std::string::npos;
@@ -676,7 +673,11 @@ DataSource load_dataset(const std::string& name, const std::string& path_in, con
       return *cached;
     }
     if (why != "no cache file") note(options, "cache '" + cache_file + "' not used (" + why + "); rebuilding it");
-    DataSource src = load_tree(name, tree ? *tree : SourceTree::open(path), options);
+    if (!tree) {
+      tree = SourceTree::open(path);
+      layouts = detect_layouts(*tree);
+    }
+    DataSource src = load_tree(name, *tree, layouts, options);
     if (make_directories(dir)) {
       try {
         write_cache(cache_file, key, src);
@@ -690,7 +691,11 @@ DataSource load_dataset(const std::string& name, const std::string& path_in, con
     }
     return src;
   }
-  return load_tree(name, tree ? *tree : SourceTree::open(path), options);
+  if (!tree) {
+    tree = SourceTree::open(path);
+    layouts = detect_layouts(*tree);
+  }
+  return load_tree(name, *tree, layouts, options);
 }
 
 std::vector<int64_t> class_counts(const Dataset& split, int64_t num_classes) {

@@ -4,6 +4,8 @@
 #include <liondg/errors.h>
 #include <liondg/util/fs.h>
 
+#include "names.h"
+
 #include <ATen/CPUGeneratorImpl.h>
 #include <zlib.h>
 
@@ -89,13 +91,13 @@ void check_labels(const torch::Tensor& labels, int64_t num_classes, const std::s
   }
 }
 
+}  // namespace
+
 std::vector<std::string> numbered_names(int64_t n) {
   std::vector<std::string> names;
   for (int64_t i = 0; i < n; ++i) names.push_back(std::to_string(i));
   return names;
 }
-
-}  // namespace
 
 // ------------------------------------------------------------------ IDX
 

@@ -24,7 +24,8 @@ BenchResult summarize(std::vector<double> seconds) {
   return r;
 }
 
-std::shared_ptr<DSModelImpl> bench_model(ModelSpec spec, const BenchOptions& o) {
+// The model as train() runs it (LION-DG init, channels-last when TrainOptions says so).
+std::shared_ptr<DSModelImpl> bench_model(ModelSpec spec, const BenchOptions& o, const TrainOptions& train) {
   TORCH_CHECK_VALUE(o.batch_size() > 0, "--batch-size must be > 0, got ", o.batch_size());
   TORCH_CHECK_VALUE(o.steps() > 0, "--steps must be > 0, got ", o.steps());
   TORCH_CHECK_VALUE(o.warmup() >= 0, "--warmup must be >= 0, got ", o.warmup());
@@ -34,19 +35,24 @@ std::shared_ptr<DSModelImpl> bench_model(ModelSpec spec, const BenchOptions& o) 
   torch::manual_seed(o.seed());
   std::shared_ptr<DSModelImpl> model = make_model(spec);
   lion_dg_init_(*model);
+  if (train.channels_last()) to_channels_last_(*model);
   return model;
+}
+
+// Random normalized inputs in the layout train() feeds: (B,C,S,S).
+torch::Tensor bench_images(const BenchOptions& o, const TrainOptions& train) {
+  torch::Tensor images = torch::randn({o.batch_size(), o.channels(), o.image_size(), o.image_size()});
+  return train.channels_last() ? images.contiguous(torch::MemoryFormat::ChannelsLast) : images;
 }
 
 }  // namespace
 
 BenchResult bench_train_step(const ModelSpec& spec, const BenchOptions& o) {
-  std::shared_ptr<DSModelImpl> model = bench_model(spec, o);
-  const TrainOptions train;  // the paper's AdamW, channels-last as in train()
-  if (train.channels_last()) to_channels_last_(*model);
+  const TrainOptions train;  // the paper's AdamW and train()'s defaults
+  std::shared_ptr<DSModelImpl> model = bench_model(spec, o, train);
   std::unique_ptr<torch::optim::Optimizer> optimizer = make_optimizer(*model, train);
   model->set_fused_training(train.fused());
-  torch::Tensor images = torch::randn({o.batch_size(), o.channels(), o.image_size(), o.image_size()});
-  if (train.channels_last()) images = images.contiguous(torch::MemoryFormat::ChannelsLast);
+  const torch::Tensor images = bench_images(o, train);
   const torch::Tensor labels = torch::randint(o.num_classes(), {o.batch_size()}, torch::kInt64);
   model->train();
   std::vector<double> seconds;
@@ -65,11 +71,9 @@ BenchResult bench_train_step(const ModelSpec& spec, const BenchOptions& o) {
 }
 
 BenchResult bench_eval(const ModelSpec& spec, const BenchOptions& o) {
-  std::shared_ptr<DSModelImpl> model = bench_model(spec, o);
   const TrainOptions train;
-  if (train.channels_last()) to_channels_last_(*model);
-  torch::Tensor images = torch::randn({o.batch_size(), o.channels(), o.image_size(), o.image_size()});
-  if (train.channels_last()) images = images.contiguous(torch::MemoryFormat::ChannelsLast);
+  std::shared_ptr<DSModelImpl> model = bench_model(spec, o, train);
+  const torch::Tensor images = bench_images(o, train);
   model->eval();
   std::vector<double> seconds;
   torch::InferenceMode inference;

@@ -269,14 +269,12 @@ struct DenseBlockFunction : public torch::autograd::Function<DenseBlockFunction>
       torch::Tensor dgamma = torch::empty({c}, f.options()), dbeta = torch::empty({c}, f.options());
       std::vector<float> scale(static_cast<size_t>(c)), mdz(static_cast<size_t>(c)), mdzx(static_cast<size_t>(c));
       const float* gp = gamma.data_ptr<float>();
+      float* dgp = dgamma.data_ptr<float>();
+      float* dbp = dbeta.data_ptr<float>();
       for (int64_t j = 0; j < c; ++j) {
         scale[j] = gp[j] * ip[j];
         mdz[j] = static_cast<float>(sdz[j] / static_cast<double>(pixels));
         mdzx[j] = static_cast<float>(sdzx[j] / static_cast<double>(pixels));
-      }
-      float* dgp = dgamma.data_ptr<float>();
-      float* dbp = dbeta.data_ptr<float>();
-      for (int64_t j = 0; j < c; ++j) {
         dgp[j] = static_cast<float>(sdzx[j]);
         dbp[j] = static_cast<float>(sdz[j]);
       }
