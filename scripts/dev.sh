@@ -18,7 +18,8 @@ JOBS=${JOBS:-$(nproc)}
 # Debian packages the project needs to build, test and run its main job.
 PACKAGES=(build-essential cmake ninja-build pkg-config libtorch-dev libgtest-dev nlohmann-json3-dev
           libcli11-dev zlib1g-dev dataset-fashion-mnist libtomlplusplus-dev gnuplot-nox libboost-math-dev
-          libarchive-dev libjpeg62-turbo-dev libpng-dev libcurl4-openssl-dev libssl-dev python3-numpy)
+          libarchive-dev libjpeg62-turbo-dev libpng-dev libcurl4-openssl-dev libssl-dev python3-numpy
+          libgloo-dev)
 
 deps() {
   local missing=()

@@ -201,5 +201,73 @@ expect_exit 1 "checksum" -- "$LIONDG" data fetch cifar10 --mirror "file://$TMP/m
 expect_exit 2 "--format" -- "$LIONDG" data fetch cifar10 --format jpeg
 expect_exit 2 "dataset: imagenet" -- "$LIONDG" data fetch imagenet
 
+# data parallel: 2 local ranks equal one process (no BatchNorm: per-rank statistics
+# would differ by design), only rank 0 writes, errors name the variable
+DP=(train "${TINY_DATA[@]}" --no-batch-norm --steps 6 --eval-every 3 --grad-every 2 --quiet --no-save-model)
+expect_exit 0 "[rank 0] status: completed" -- "$LIONDG" launch --nproc 2 -- "${DP[@]}" --batch-size 16 --out "$TMP/dp2"
+expect_exit 0 "" -- "$LIONDG" "${DP[@]}" --batch-size 16 --out "$TMP/dp1"
+expect_exit 0 '"world_size": 2' -- cat "$TMP/dp2/config.json"
+expect_exit 0 "same metrics" -- /usr/bin/python3 - "$TMP/dp1/metrics.csv" "$TMP/dp2/metrics.csv" <<'PY'
+import csv, math, sys
+one, two = (list(csv.DictReader(open(p))) for p in sys.argv[1:3])
+assert len(one) == len(two) == 6, (len(one), len(two))
+for a, b in zip(one, two):
+    for k in ("loss", "main_loss", "main_acc", "grad_main_norm", "grad_aux_norm", "val_main_acc"):
+        if a[k] == "" and b[k] == "":
+            continue
+        x, y = float(a[k]), float(b[k])
+        assert abs(x - y) <= 1e-5 * (1 + abs(x)), (a["step"], k, x, y)
+print("same metrics")
+PY
+expect_exit 2 "RANK=5 must be in [0, WORLD_SIZE=2)" -- env WORLD_SIZE=2 RANK=5 "$LIONDG" "${DP[@]}" --batch-size 16 --out "$TMP/dpx"
+expect_exit 2 "must be divisible by WORLD_SIZE=2" -- "$LIONDG" launch --nproc 2 -- "${DP[@]}" --batch-size 15 --out "$TMP/dpy"
+expect_exit 2 "no command given" -- "$LIONDG" launch --nproc 2
+expect_exit 2 "--nproc" -- "$LIONDG" launch -- train
+expect_exit 2 "needs a CUDA build" -- "$LIONDG" launch --nproc 2 -- "${DP[@]}" --batch-size 16 --dist-backend nccl --out "$TMP/dpz"
+# a killed rank ends the job with a message, not a hang: under the launcher ...
+LONG=(train "${TINY_DATA[@]}" --batch-size 16 --steps 1000000 --eval-every 0 --grad-every 0 --quiet --no-save-model --dist-timeout 30)
+rank_pid() {  # rank_pid PARENT RANK: the child of PARENT started with RANK=R
+  local p
+  for p in $(pgrep -P "$1"); do
+    tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qx "RANK=$2" && { echo "$p"; return; }
+  done
+}
+wait_for_steps() {  # wait_for_steps FILE: until training has written a few rows
+  for _ in $(seq 1 600); do
+    [[ -f $1 && $(wc -l < "$1") -gt 3 ]] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+"$LIONDG" launch --nproc 2 -- "${LONG[@]}" --out "$TMP/dpk" > "$TMP/dpk.log" 2>&1 &
+launcher=$!
+wait_for_steps "$TMP/dpk/metrics.csv"
+kill -9 "$(rank_pid $launcher 1)"
+timeout 60 tail --pid=$launcher -f /dev/null
+wait $launcher
+rc=$?
+if [[ $rc -ne 137 ]] || ! grep -q "rank 1 (pid [0-9]*) was killed by signal 9" "$TMP/dpk.log" ||
+   ! grep -q '"status": "failed"' "$TMP/dpk/summary.json"; then
+  echo "FAIL: killed rank under launch: exit $rc"; tail -5 "$TMP/dpk.log"; fail=$((fail + 1))
+else
+  pass=$((pass + 1))
+fi
+# ... and without it (torchrun-style variables set by hand): rank 0 fails, naming the cause
+port=$((20000 + RANDOM % 20000))
+env WORLD_SIZE=2 RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LIONDG" "${LONG[@]}" --out "$TMP/dpm" > "$TMP/dpm0.log" 2>&1 &
+r0=$!
+env WORLD_SIZE=2 RANK=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$LIONDG" "${LONG[@]}" --out "$TMP/dpm" > "$TMP/dpm1.log" 2>&1 &
+r1=$!
+wait_for_steps "$TMP/dpm/metrics.csv"
+{ kill -9 $r1; wait $r1; } 2> /dev/null
+timeout 60 tail --pid=$r0 -f /dev/null
+wait $r0
+rc=$?
+if [[ $rc -ne 1 ]] || ! grep -q "failed on rank 0" "$TMP/dpm0.log"; then
+  echo "FAIL: rank 0 after its peer was killed: exit $rc"; tail -3 "$TMP/dpm0.log"; kill -9 $r0 2>/dev/null; fail=$((fail + 1))
+else
+  pass=$((pass + 1))
+fi
+
 echo "cli: $pass passed, $fail failed"
 [[ $fail -eq 0 ]]

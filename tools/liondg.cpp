@@ -5,6 +5,7 @@
 //   liondg describe --model densenet-ds --num-classes 100
 //   liondg grid --preset quick        liondg report DIR
 //   liondg data info cifar10-jpeg.tar.gz   liondg data fetch cifar10
+//   liondg launch --nproc 2 -- train ...   (data-parallel ranks, like torchrun)
 //
 // Exit codes: 0 success, 1 runtime error (data, I/O), 2 usage error, 3 diverged run.
 
@@ -32,6 +33,7 @@ int main(int argc, char** argv) {
   add_grid_commands(app, status);
   add_data_commands(app, status);
   add_bench_commands(app, status);
+  add_launch_command(app, status);
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {

@@ -22,6 +22,7 @@ void add_verify_theory_commands(CLI::App& verify, int& status);
 void add_grid_commands(CLI::App& app, int& status);
 void add_data_commands(CLI::App& app, int& status);
 void add_bench_commands(CLI::App& app, int& status);
+void add_launch_command(CLI::App& app, int& status);
 
 /// Registers the model-shape options shared by every command that builds a model.
 void add_model_options(CLI::App& cmd, ModelSpec& spec);

@@ -5,11 +5,13 @@
 #include <liondg/data/dataset.h>
 #include <liondg/experiment/run.h>
 #include <liondg/init/plan.h>
+#include <liondg/train/distributed.h>
 #include <liondg/train/progress.h>
 
 #include <nlohmann/json.hpp>
 
 #include <iostream>
+#include <thread>
 
 namespace liondg::cli {
 
@@ -200,15 +202,46 @@ void add_train_command(CLI::App& app, int& status) {
   cmd->add_option("--threads", config->threads, "Intra-op CPU threads (0 = all cores)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  auto dist = std::make_shared<CommunicatorOptions>();
+  auto dist_timeout = std::make_shared<double>(300.0);
+  auto bucket_kib = std::make_shared<int64_t>(256);
+  cmd->add_flag("--sync-bn", opts->sync_batch_norm(),
+                "Data parallel: BatchNorm statistics over all ranks' batches (default: per rank, as DDP)");
+  cmd->add_option("--dist-backend", dist->backend(), "Data parallel: c10d backend")
+      ->check(CLI::IsMember({"gloo", "nccl"}))
+      ->capture_default_str();
+  cmd->add_option("--dist-timeout", *dist_timeout,
+                  "Data parallel: seconds to wait for the other ranks (joining and every collective)")
+      ->check(CLI::Range(0.001, 86400.0))
+      ->capture_default_str();
+  cmd->add_option("--bucket-kb", *bucket_kib, "Data parallel: gradient all-reduce bucket size in KiB")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
+      ->capture_default_str();
   cmd->add_flag("--quiet", std::get<1>(*flags), "No progress output");
   cmd->add_flag("--json", std::get<2>(*flags), "Print summary.json to stdout at the end");
   cmd->add_flag("--no-save-model", std::get<3>(*flags), "Do not write model.pt");
   config->out_dir.clear();
 
-  cmd->callback([config, opts, flags, schedule, &status]() {
+  cmd->callback([config, opts, flags, schedule, dist, dist_timeout, bucket_kib, &status]() {
     RunConfig c = *config;
     const auto [no_hflip, quiet, as_json, no_save] = *flags;
     c.train = *opts;
+    c.train.bucket_bytes(*bucket_kib * 1024);
+    // Data parallel when started with torchrun-style variables (liondg launch sets them).
+    const DistributedEnv env = DistributedEnv::from_environment();
+    bool writer = true;
+    if (env.enabled()) {
+      if (c.threads == 0) {  // share the cores among this machine's ranks
+        const auto cores = static_cast<int64_t>(std::max(1u, std::thread::hardware_concurrency()));
+        c.threads = static_cast<int>(std::max<int64_t>(1, cores / env.local_world_size));
+      }
+      CommunicatorOptions co = *dist;
+      co.timeout(std::chrono::milliseconds(static_cast<int64_t>(*dist_timeout * 1000.0)));
+      c.train.communicator(connect(env, co));
+      writer = env.rank == 0;
+    } else if (c.train.sync_batch_norm()) {
+      std::cerr << "note: --sync-bn has no effect in a single process\n";
+    }
     c.train.aux_warmup_steps(*schedule == "constant" ? 0 : std::stoll(schedule->substr(7)));
     c.train.hflip(!no_hflip);
     c.save_model = !no_save;
@@ -216,12 +249,16 @@ void add_train_command(CLI::App& app, int& status) {
     if (c.out_dir.empty()) {
       c.out_dir = "runs/" + c.model.name + "-" + c.init + "-" + c.dataset + "-s" + std::to_string(c.seed);
     }
-    if (!quiet) {
+    if (!quiet && writer) {
       c.progress = stderr;
       c.progress_interactive = ProgressPrinter::is_terminal(stderr);
     }
     const RunResult r = run_experiment(c);
     const TrainSummary& s = r.summary;
+    if (!writer) {
+      if (s.status == "diverged") status = kExitDiverged;
+      return;
+    }
     if (as_json) {
       std::ifstream in(r.out_dir + "/summary.json");
       std::cout << in.rdbuf();

@@ -55,6 +55,10 @@ TrainBatcher::TrainBatcher(const Dataset& data, ChannelStats stats, BatcherOptio
   TORCH_CHECK_VALUE(options_.batch_size <= data_.size(), "batch size ", options_.batch_size,
                     " exceeds the training split size ", data_.size());
   TORCH_CHECK_VALUE(options_.crop_padding >= 0, "crop padding must be >= 0, got ", options_.crop_padding);
+  TORCH_CHECK_VALUE(options_.shard_count >= 1 && options_.shard_rank >= 0 && options_.shard_rank < options_.shard_count,
+                    "batch shard ", options_.shard_rank, " of ", options_.shard_count, " is out of range");
+  TORCH_CHECK_VALUE(options_.batch_size % options_.shard_count == 0, "batch size ", options_.batch_size,
+                    " must be divisible by the number of ranks ", options_.shard_count);
   order_.resize(static_cast<size_t>(data_.size()));
   reshuffle();
 }
@@ -135,7 +139,11 @@ TrainBatcher::Batch TrainBatcher::make_batch() {
     ++made_epoch_;
     reshuffle();
   }
-  torch::Tensor index = torch::from_blob(order_.data() + cursor_, {options_.batch_size}, torch::kInt64).clone();
+  // This shard's rows of the global batch; random draws are made for the whole batch
+  // so every shard sees the augmentation one process would apply.
+  const int64_t rows = options_.batch_size / options_.shard_count;
+  const auto first = static_cast<size_t>(options_.shard_rank * rows);
+  torch::Tensor index = torch::from_blob(order_.data() + cursor_ + first, {rows}, torch::kInt64).clone();
   cursor_ += batch;
   torch::Tensor raw = data_.images.index_select(0, index);
   if (options_.crop_padding > 0) {
@@ -145,13 +153,14 @@ TrainBatcher::Batch TrainBatcher::make_batch() {
       dy[i] = static_cast<int64_t>(rng_() % span);
       dx[i] = static_cast<int64_t>(rng_() % span);
     }
-    raw = random_crop(raw, options_.crop_padding, dy, dx);
+    raw = random_crop(raw, options_.crop_padding, std::vector<int64_t>(dy.begin() + first, dy.begin() + first + rows),
+                      std::vector<int64_t>(dx.begin() + first, dx.begin() + first + rows));
   }
   torch::Tensor images = normalize(raw, stats_);
   if (options_.hflip) {
     std::vector<uint8_t> flip(batch);
     for (auto& f : flip) f = static_cast<uint8_t>(rng_() & 1u);
-    torch::Tensor mask = torch::from_blob(flip.data(), {options_.batch_size, 1, 1, 1}, torch::kUInt8).to(torch::kBool);
+    torch::Tensor mask = torch::from_blob(flip.data() + first, {rows, 1, 1, 1}, torch::kUInt8).to(torch::kBool);
     images = torch::where(mask, images.flip(/*dims=*/{3}), images);
   }
   if (options_.channels_last) images = images.contiguous(torch::MemoryFormat::ChannelsLast);

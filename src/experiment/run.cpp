@@ -3,9 +3,11 @@
 #include <liondg/build_info.h>
 #include <liondg/errors.h>
 #include <liondg/experiment/run.h>
+#include <liondg/train/distributed.h>
 #include <liondg/train/progress.h>
 #include <liondg/util/fs.h>
 
+#include <c10/util/Exception.h>
 #include <nlohmann/json.hpp>
 #include <torch/serialize.h>
 #include <torch/version.h>
@@ -180,6 +182,12 @@ json config_json(const RunConfig& c, const DataSource& data, const ChannelStats&
                 {"channels_last", t.channels_last()},
                 {"fused", t.fused()},
                 {"stop_at_target", t.stop_at_target()}};
+  const int64_t world = t.communicator() ? t.communicator()->world_size() : 1;
+  j["distributed"] = {{"world_size", world},
+                      {"backend", world > 1 ? json("gloo") : json(nullptr)},
+                      {"per_rank_batch_size", t.batch_size() / world},
+                      {"sync_batch_norm", world > 1 && t.sync_batch_norm()},
+                      {"bucket_bytes", t.bucket_bytes()}};
   j["versions"] = version_info();
   return j;
 }
@@ -206,6 +214,8 @@ json summary_json(const RunResult& r, const std::string& status, const std::stri
   j["wall_seconds"] = s.wall_seconds;
   j["train_seconds"] = s.train_seconds;
   j["eval_seconds"] = s.eval_seconds;
+  j["world_size"] = s.world_size;
+  j["comm_seconds"] = s.comm_seconds;
   j["init_seconds"] = r.init_seconds;
   j["calibration_seconds"] = r.calibration_seconds;
   j["init_warnings"] = r.init_warnings;
@@ -258,12 +268,17 @@ RunResult run_experiment(const RunConfig& c_in) {
   const InitPlan plan = run_init_plan(c);  // rejects unknown policies before any work
   set_threads(c.threads);
 
+  // Data parallel: every rank trains, rank 0 alone writes the run directory.
+  const Communicator* comm = c.train.communicator().get();
+  const bool writer = comm == nullptr || comm->rank() == 0;
   // Output directory first: never train for an hour and then fail to write.
-  ensure_writable_dir(c.out_dir);
   const std::string summary_path = c.out_dir + "/summary.json";
-  if (!c.overwrite && is_regular_file(summary_path)) {
-    throw UsageError("output directory '" + c.out_dir +
-                     "' already holds a finished run (summary.json); choose another --out or pass --overwrite");
+  if (writer) {
+    ensure_writable_dir(c.out_dir);
+    if (!c.overwrite && is_regular_file(summary_path)) {
+      throw UsageError("output directory '" + c.out_dir +
+                       "' already holds a finished run (summary.json); choose another --out or pass --overwrite");
+    }
   }
 
   DataSource data = load_dataset(c.dataset, c.data_path, data_load_options(c));
@@ -288,30 +303,39 @@ RunResult run_experiment(const RunConfig& c_in) {
   result.parameter_counts = parameter_counts(*model);
   result.out_dir = c.out_dir;
 
-  write_file_atomic(c.out_dir + "/config.json", config_json(c, data, stats).dump(2) + "\n");
-  write_file_atomic(c.out_dir + "/init.json", init.audit_json + "\n");
+  if (writer) {
+    write_file_atomic(c.out_dir + "/config.json", config_json(c, data, stats).dump(2) + "\n");
+    write_file_atomic(c.out_dir + "/init.json", init.audit_json + "\n");
+  }
 
   try {
-    CsvMetricsWriter csv(c.out_dir + "/metrics.csv", model->num_aux_heads());
-    std::vector<RecordSink*> sinks{&csv};
+    std::unique_ptr<CsvMetricsWriter> csv;
+    std::vector<RecordSink*> sinks;
+    if (writer) {
+      csv = std::make_unique<CsvMetricsWriter>(c.out_dir + "/metrics.csv", model->num_aux_heads());
+      sinks.push_back(csv.get());
+    }
     std::unique_ptr<ProgressPrinter> progress;
-    if (c.progress != nullptr) {
+    if (c.progress != nullptr && writer) {
       progress = std::make_unique<ProgressPrinter>(c.progress, c.train.steps(), c.progress_interactive);
       sinks.push_back(progress.get());
     }
     result.summary = train(*model, data, c.train, sinks);
-    csv.flush_pending();
+    if (csv) csv->flush_pending();
     if (progress) progress->finish();
   } catch (const std::exception& e) {
     result.summary.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     try {
-      write_file_atomic(summary_path, summary_json(result, "failed", e.what()).dump(2) + "\n");
+      const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
+      const std::string message = c10_error != nullptr ? c10_error->what_without_backtrace() : e.what();
+      if (writer) write_file_atomic(summary_path, summary_json(result, "failed", message).dump(2) + "\n");
     } catch (...) {
       // Keep the original error.
     }
     throw;
   }
 
+  if (!writer) return result;
   if (c.save_model && result.summary.status == "completed") {
     const std::string tmp = c.out_dir + "/model.pt.tmp";
     torch::save(model, tmp);

@@ -1,6 +1,7 @@
 // DenseNet-DS: compact DenseNet with auxiliary heads after dense blocks.
 
 #include <liondg/models/densenet_ds.h>
+#include <liondg/models/batch_norm.h>
 #include <liondg/models/observe.h>
 
 #include <torch/nn/functional/pooling.h>
@@ -14,7 +15,7 @@ torch::nn::Conv2dOptions conv_options(int64_t in, int64_t out, int64_t kernel) {
 // relu(norm(x)); in place on the BatchNorm output, which nothing else reads (its
 // backward needs the input, not the output), saving one activation-sized buffer.
 torch::Tensor norm_relu(torch::nn::BatchNorm2d& norm, const torch::Tensor& x) {
-  return norm ? norm->forward(x).relu_() : torch::relu(x);
+  return norm ? batch_norm(norm, x).relu_() : torch::relu(x);
 }
 }  // namespace
 
@@ -101,8 +102,10 @@ torch::Tensor DenseNetDSImpl::features(const torch::Tensor& x, Taps& taps) {
   torch::Tensor h = observe(*stem_, stem_->forward(x));
   // The fused block (one feature buffer, hand-written backward) when training with
   // first-order gradients; the layer-by-layer path otherwise (evaluation, LSUV's
-  // observer, GradInit's second-order objective, Fixup/ReZero layers, no BatchNorm).
+  // observer, GradInit's second-order objective, synchronized BatchNorm, Fixup/ReZero
+  // layers, no BatchNorm).
   const bool fused = fused_ && is_training() && torch::GradMode::is_enabled() && !observing() &&
+                     active_batch_norm_sync() == nullptr &&
                      options.block() == BlockKind::kStandard && options.batch_norm() && h.device().is_cpu() &&
                      h.scalar_type() == torch::kFloat32;
   for (size_t b = 0; b < blocks_.size(); ++b) {

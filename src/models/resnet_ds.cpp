@@ -1,5 +1,6 @@
 // ResNet-DS: CIFAR-style ResNet with side-tap auxiliary heads.
 
+#include <liondg/models/batch_norm.h>
 #include <liondg/models/observe.h>
 #include <liondg/models/resnet_ds.h>
 
@@ -37,11 +38,11 @@ BasicBlockImpl::BasicBlockImpl(int64_t in_channels, int64_t out_channels, int64_
 torch::Tensor BasicBlockImpl::shortcut(const torch::Tensor& x) {
   if (!shortcut_conv_) return x;
   torch::Tensor s = observe(*shortcut_conv_, shortcut_conv_->forward(x));
-  return shortcut_bn_ ? shortcut_bn_->forward(s) : s;
+  return shortcut_bn_ ? batch_norm(shortcut_bn_, s) : s;
 }
 
 torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
-  auto norm = [](torch::nn::BatchNorm2d& bn, const torch::Tensor& t) { return bn ? bn->forward(t) : t; };
+  auto norm = [](torch::nn::BatchNorm2d& bn, const torch::Tensor& t) { return bn ? batch_norm(bn, t) : t; };
   switch (kind_) {
     case BlockKind::kFixup: {
       const torch::Tensor xb = x + fixup_bias1a;
@@ -60,7 +61,7 @@ torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
   }
   // In place on BatchNorm outputs and on the sum, which no backward needs.
   torch::Tensor b = observe(*conv1_, conv1_->forward(x));
-  b = bn1_ ? bn1_->forward(b).relu_() : torch::relu(b);
+  b = bn1_ ? batch_norm(bn1_, b).relu_() : torch::relu(b);
   b = norm(bn2_, observe(*conv2_, conv2_->forward(b)));
   return (b + shortcut(x)).relu_();
 }
@@ -107,7 +108,7 @@ torch::Tensor ResNetDSImpl::features(const torch::Tensor& x, Taps& taps) {
   TORCH_CHECK_VALUE(x.dim() == 4 && x.size(1) == options.in_channels(), "ResNetDS expects input (N,",
                     options.in_channels(), ",H,W), got ", x.sizes());
   torch::Tensor h = observe(*stem_conv_, stem_conv_->forward(x));
-  h = stem_bn_ ? stem_bn_->forward(h).relu_() : torch::relu(h);
+  h = stem_bn_ ? batch_norm(stem_bn_, h).relu_() : torch::relu(h);
   for (size_t s = 0; s < stages_.size(); ++s) {
     for (auto& block : stages_[s]) h = block->forward(h);
     // Side-tap: the head reads h; the stream continues with the very same h.
@@ -130,7 +131,7 @@ DSOutput ResNetDSImpl::forward(const torch::Tensor& x) {
   out.aux_logits.resize(static_cast<size_t>(num_aux_heads()));
   const std::vector<std::string> taps = aux_taps();
   torch::Tensor h = observe(*stem_conv_, stem_conv_->forward(x));
-  h = torch::relu(stem_bn_ ? stem_bn_->forward(h) : h);
+  h = torch::relu(stem_bn_ ? batch_norm(stem_bn_, h) : h);
   for (size_t s = 0; s < stages_.size(); ++s) {
     for (auto& block : stages_[s]) h = block->forward(h);
     const std::string name = "stage" + std::to_string(s + 1);

@@ -1,5 +1,7 @@
 // The training loop of the paper's protocol.
 
+#include <liondg/models/batch_norm.h>
+#include <liondg/train/distributed.h>
 #include <liondg/train/trainer.h>
 
 #include <torch/autograd.h>
@@ -49,6 +51,35 @@ std::vector<torch::Tensor> grads_of(const torch::Tensor& loss, const std::vector
   return torch::autograd::grad({loss}, params, /*grad_outputs=*/{}, /*retain_graph=*/true,
                                /*create_graph=*/false, /*allow_unused=*/true);
 }
+
+// Replaces `grads` by their mean over ranks (undefined = zero), one all-reduce.
+void average_gradients_(Communicator* comm, std::vector<torch::Tensor>& grads,
+                        const std::vector<torch::Tensor>& params) {
+  if (comm == nullptr || comm->world_size() == 1 || grads.empty()) return;
+  std::vector<torch::Tensor> parts;
+  for (size_t i = 0; i < grads.size(); ++i) {
+    parts.push_back(grads[i].defined() ? grads[i].reshape(-1) : torch::zeros({params[i].numel()}, params[i].options()));
+  }
+  torch::Tensor flat = torch::cat(parts).to(torch::kFloat64);
+  comm->all_reduce_sum_(flat);
+  flat.div_(static_cast<double>(comm->world_size()));
+  int64_t offset = 0;
+  for (size_t i = 0; i < grads.size(); ++i) {
+    const int64_t n = params[i].numel();
+    grads[i] = flat.narrow(/*dim=*/0, offset, n).view(params[i].sizes());
+    offset += n;
+  }
+}
+
+// Synchronized BatchNorm's reductions through the run's communicator.
+class CommunicatorBatchNormSync final : public BatchNormSync {
+ public:
+  explicit CommunicatorBatchNormSync(Communicator& comm) : comm_(comm) {}
+  void all_reduce_sum_(const torch::Tensor& tensor) override { comm_.all_reduce_sum_(tensor); }
+
+ private:
+  Communicator& comm_;
+};
 
 }  // namespace
 
@@ -105,18 +136,26 @@ double aux_weight_at(const TrainOptions& o, int64_t step) {
 }
 
 EvalRecord evaluate(DSModelImpl& model, const Dataset& split, const ChannelStats& stats, int64_t batch_size,
-                    bool channels_last) {
+                    bool channels_last, Communicator* comm) {
   TORCH_CHECK_VALUE(batch_size > 0, "evaluation batch size must be > 0, got ", batch_size);
   const bool was_training = model.is_training();
   model.eval();
+  // Data parallel: rank 0's running statistics everywhere, one shard of the split each.
+  const int64_t world = comm != nullptr ? comm->world_size() : 1;
+  int64_t begin = 0, end = split.size();
+  if (world > 1) {
+    broadcast_tensors_(*comm, model.buffers(), /*root=*/0);
+    begin = split.size() * comm->rank() / world;
+    end = split.size() * (comm->rank() + 1) / world;
+  }
   EvalRecord rec;
   int64_t main_correct = 0;
   double main_loss_sum = 0.0;
   std::vector<int64_t> aux_correct(static_cast<size_t>(model.num_aux_heads()), 0);
   {
     torch::InferenceMode guard;
-    for (int64_t start = 0; start < split.size(); start += batch_size) {
-      const int64_t n = std::min(batch_size, split.size() - start);
+    for (int64_t start = begin; start < end; start += batch_size) {
+      const int64_t n = std::min(batch_size, end - start);
       torch::Tensor x = normalize(split.images.narrow(0, start, n), stats);
       if (channels_last) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
       torch::Tensor y = split.labels.narrow(0, start, n);
@@ -129,6 +168,14 @@ EvalRecord evaluate(DSModelImpl& model, const Dataset& split, const ChannelStats
         aux_correct[k] += out.aux_logits[k].argmax(1).eq(y).sum().item<int64_t>();
       }
     }
+  }
+  if (world > 1) {
+    std::vector<double> sums{static_cast<double>(main_correct), main_loss_sum};
+    for (int64_t c : aux_correct) sums.push_back(static_cast<double>(c));
+    average_values_(*comm, sums);  // means over ranks; times W = sums
+    main_correct = std::llround(sums[0] * static_cast<double>(world));
+    main_loss_sum = sums[1] * static_cast<double>(world);
+    for (size_t k = 0; k < aux_correct.size(); ++k) aux_correct[k] = std::llround(sums[2 + k] * static_cast<double>(world));
   }
   const double n = std::max<double>(1.0, static_cast<double>(split.size()));
   rec.main_acc = static_cast<double>(main_correct) / n;
@@ -165,7 +212,12 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
                     o.optimizer(), "'");
   TORCH_CHECK_VALUE(o.aux_warmup_steps() >= 0, "aux warmup steps must be >= 0, got ", o.aux_warmup_steps());
   TORCH_CHECK_VALUE(o.scalar_lr_mult() > 0, "scalar lr multiplier must be > 0, got ", o.scalar_lr_mult());
+  TORCH_CHECK_VALUE(o.bucket_bytes() > 0, "gradient bucket size must be > 0 bytes, got ", o.bucket_bytes());
   const auto start = Clock::now();
+  Communicator* comm = o.communicator().get();
+  const int64_t world = comm != nullptr ? comm->world_size() : 1;
+  TORCH_CHECK_VALUE(o.batch_size() % world == 0, "batch size ", o.batch_size(), " must be divisible by WORLD_SIZE=",
+                    world, " (each rank trains on batch_size / WORLD_SIZE images)");
 
   const ChannelStats stats = channel_stats(data.train.images);
   BatcherOptions bo;
@@ -175,8 +227,22 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
   bo.crop_padding = o.crop_padding();
   bo.prefetch = o.prefetch();
   bo.channels_last = o.channels_last();
+  bo.shard_rank = comm != nullptr ? comm->rank() : 0;
+  bo.shard_count = world;
   TrainBatcher batcher(data.train, stats, bo);
   if (o.channels_last()) to_channels_last_(model);
+  // One model on every rank, whatever the init policy did: rank 0's.
+  std::unique_ptr<GradientReducer> reducer;
+  std::unique_ptr<CommunicatorBatchNormSync> bn_sync;
+  if (world > 1) {
+    std::vector<torch::Tensor> state = model.parameters();
+    for (const auto& b : model.buffers()) state.push_back(b);
+    broadcast_tensors_(*comm, state, /*root=*/0);
+    reducer = std::make_unique<GradientReducer>(model.parameters(), o.communicator(), o.bucket_bytes());
+    if (o.sync_batch_norm()) bn_sync = std::make_unique<CommunicatorBatchNormSync>(*comm);
+  }
+  SyncBatchNormGuard sync_guard(bn_sync.get());
+  const double comm_start = comm != nullptr ? comm->blocked_seconds() : 0.0;
   std::unique_ptr<torch::optim::Optimizer> optimizer = make_optimizer(model, o);
   // The fused fast path for this loop only (it is first-order; callers may need more).
   struct FusedScope {
@@ -188,6 +254,7 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
   const int64_t num_aux = model.num_aux_heads();
 
   TrainSummary summary;
+  summary.world_size = world;
   std::deque<double> window;
   double window_sum = 0.0;
   TORCH_CHECK_VALUE(o.eval_limit() >= 0, "eval limit must be >= 0, got ", o.eval_limit());
@@ -197,9 +264,12 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
     eval_split.labels = eval_split.labels.narrow(0, 0, o.eval_limit());
     if (eval_split.coarse_labels.defined()) eval_split.coarse_labels = eval_split.coarse_labels.narrow(0, 0, o.eval_limit());
   }
+  double eval_comm_seconds = 0.0;  // collectives of validation, not of training steps
   auto emit_eval = [&](int64_t step) {
     const auto t0 = Clock::now();
-    EvalRecord e = evaluate(model, eval_split, stats, o.eval_batch_size(), o.channels_last());
+    const double comm_before = comm != nullptr ? comm->blocked_seconds() : 0.0;
+    EvalRecord e = evaluate(model, eval_split, stats, o.eval_batch_size(), o.channels_last(), comm);
+    if (comm != nullptr) eval_comm_seconds += comm->blocked_seconds() - comm_before;
     e.step = step;
     summary.eval_seconds += seconds_since(t0);
     for (auto* s : sinks) s->on_eval(e);
@@ -220,6 +290,21 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
     r.loss = l.total.item<double>();
     r.main_loss = l.main.item<double>();
     for (const auto& a : l.aux) r.aux_losses.push_back(a.item<double>());
+    r.main_acc = accuracy(out.logits, labels);
+    for (const auto& a : out.aux_logits) r.aux_accs.push_back(accuracy(a, labels));
+    if (world > 1) {
+      // The global batch's values (equal shards: the mean of the ranks' means), the
+      // same on every rank, so every rank takes the same decisions below.
+      std::vector<double> v{r.loss, r.main_loss, r.main_acc};
+      v.insert(v.end(), r.aux_losses.begin(), r.aux_losses.end());
+      v.insert(v.end(), r.aux_accs.begin(), r.aux_accs.end());
+      average_values_(*comm, v);
+      r.loss = v[0];
+      r.main_loss = v[1];
+      r.main_acc = v[2];
+      std::copy(v.begin() + 3, v.begin() + 3 + static_cast<int64_t>(r.aux_losses.size()), r.aux_losses.begin());
+      std::copy(v.begin() + 3 + static_cast<int64_t>(r.aux_losses.size()), v.end(), r.aux_accs.begin());
+    }
     if (!std::isfinite(r.loss)) {
       summary.status = "diverged";
       summary.diverged_reason = "non-finite loss at step " + std::to_string(step) + " (L_main = " +
@@ -227,14 +312,21 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
       summary.steps_run = step - 1;
       break;
     }
-    r.main_acc = accuracy(out.logits, labels);
-    for (const auto& a : out.aux_logits) r.aux_accs.push_back(accuracy(a, labels));
 
     // Diagnostics at the parameters *before* this step's update (step 1 = initialization).
     const bool diagnose = o.grad_every() > 0 && (step == 1 || step % o.grad_every() == 0);
     if (diagnose) {
-      r.grad_main_norm = l2_norm(grads_of(l.main, backbone));
-      r.grad_aux_norm = num_aux > 0 && alpha > 0 ? l2_norm(grads_of(l.aux_term, backbone)) : 0.0;
+      // Norms of the global batch's gradients (averaged over ranks first).
+      std::vector<torch::Tensor> g_main = grads_of(l.main, backbone);
+      average_gradients_(comm, g_main, backbone);
+      r.grad_main_norm = l2_norm(g_main);
+      if (num_aux > 0 && alpha > 0) {
+        std::vector<torch::Tensor> g_aux = grads_of(l.aux_term, backbone);
+        average_gradients_(comm, g_aux, backbone);
+        r.grad_aux_norm = l2_norm(g_aux);
+      } else {
+        r.grad_aux_norm = 0.0;
+      }
       r.grad_ratio = r.grad_main_norm > 0 ? r.grad_aux_norm / r.grad_main_norm : NAN;
       if (!std::isfinite(r.grad_main_norm) || !std::isfinite(r.grad_aux_norm)) {
         summary.status = "diverged";
@@ -251,7 +343,9 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
     }
 
     optimizer->zero_grad();
+    if (reducer) reducer->arm();
     l.total.backward();
+    if (reducer) reducer->finish();
     optimizer->step();
 
     window.push_back(r.main_acc);
@@ -274,11 +368,12 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
     if (o.eval_every() > 0 && step % o.eval_every() == 0 && step != o.steps()) emit_eval(step);
     if (o.stop_at_target() && summary.steps_to_target) break;
   }
+  if (comm != nullptr) summary.comm_seconds = comm->blocked_seconds() - comm_start - eval_comm_seconds;
   if (summary.status == "completed" && o.final_eval()) {
     summary.final_eval = emit_eval(summary.steps_run);
     if (data.val.size() > 0) {
       const auto t0 = Clock::now();
-      summary.final_test = evaluate(model, data.test, stats, o.eval_batch_size(), o.channels_last());
+      summary.final_test = evaluate(model, data.test, stats, o.eval_batch_size(), o.channels_last(), comm);
       summary.final_test->step = summary.steps_run;
       summary.eval_seconds += seconds_since(t0);
     }

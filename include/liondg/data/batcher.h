@@ -39,6 +39,11 @@ struct BatcherOptions {
   bool prefetch = true;
   /// Hand out batches in channels-last (NHWC) memory format.
   bool channels_last = false;
+  /// Data parallelism: the global batch of `batch_size` images (drawn exactly as with
+  /// one shard) is cut into `shard_count` equal parts and this batcher hands out part
+  /// `shard_rank`: rows [rank B/W, (rank+1) B/W).
+  int64_t shard_rank = 0;
+  int64_t shard_count = 1;
 };
 
 /// Random crops of a uint8 or float batch (B,C,H,W) -> (B,C,H,W): image b is cut at

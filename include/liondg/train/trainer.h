@@ -11,11 +11,14 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 namespace liondg {
+
+class Communicator;
 
 struct TrainOptions {
   TORCH_ARG(int64_t, steps) = 3000;
@@ -68,6 +71,13 @@ struct TrainOptions {
   TORCH_ARG(bool, stop_at_target) = false;
   /// Validate once at the end (diagnostic runs may skip it).
   TORCH_ARG(bool, final_eval) = true;
+  /// Data parallelism (include/liondg/train/distributed.h): null = one process. With
+  /// W ranks each trains on batch_size / W images of every global batch.
+  TORCH_ARG(std::shared_ptr<Communicator>, communicator) = nullptr;
+  /// Synchronized BatchNorm across ranks (default: per-rank batch statistics, as DDP).
+  TORCH_ARG(bool, sync_batch_norm) = false;
+  /// Gradient all-reduce bucket size in bytes.
+  TORCH_ARG(int64_t, bucket_bytes) = 256 * 1024;
 };
 
 /// What one training step records. Gradient fields are NaN on steps without diagnostics.
@@ -106,6 +116,8 @@ struct TrainSummary {
   double wall_seconds = 0;   // whole train() call
   double train_seconds = 0;  // training steps only
   double eval_seconds = 0;   // periodic and final validation
+  int64_t world_size = 1;    // ranks of a data-parallel run
+  double comm_seconds = 0;   // time blocked in collectives during the training steps
   bool converged() const { return steps_to_target.has_value(); }
 };
 
@@ -135,8 +147,11 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(DSModelImpl& model, cons
 double aux_weight_at(const TrainOptions& options, int64_t step);
 
 /// Evaluates every head on `split` in inference mode (batch statistics frozen).
+/// With a communicator the ranks take rank 0's buffers (BatchNorm running
+/// statistics), evaluate one shard each and sum the counts: every rank returns the
+/// record of the whole split.
 EvalRecord evaluate(DSModelImpl& model, const Dataset& split, const ChannelStats& stats, int64_t batch_size,
-                    bool channels_last = false);
+                    bool channels_last = false, Communicator* comm = nullptr);
 
 /// Trains `model` (already initialized) on `data.train`, validating on
 /// `data.eval_split()` (the held-out split if there is one, else the test split; with

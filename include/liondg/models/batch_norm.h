@@ -1,0 +1,44 @@
+#pragma once
+// BatchNorm of the models, with an optional synchronized mode for data-parallel
+// training: batch statistics over the union of every rank's batch (PyTorch's
+// SyncBatchNorm), so W ranks with B/W images each normalize like one process with B.
+
+#include <torch/nn/modules/batchnorm.h>
+
+namespace liondg {
+
+/// The cross-rank sum synchronized BatchNorm needs (implemented by the trainer on
+/// top of its communicator; the models do not depend on c10d).
+class BatchNormSync {
+ public:
+  virtual ~BatchNormSync() = default;
+  /// In-place sum over ranks of a contiguous double tensor.
+  virtual void all_reduce_sum_(const torch::Tensor& tensor) = 0;
+};
+
+/// While alive, training-mode batch_norm() calls on this thread use statistics over
+/// all ranks of `sync` (nullptr: per-rank statistics). Every rank must run the same
+/// BatchNorm layers in the same order.
+class SyncBatchNormGuard {
+ public:
+  explicit SyncBatchNormGuard(BatchNormSync* sync);
+  ~SyncBatchNormGuard();
+  SyncBatchNormGuard(const SyncBatchNormGuard&) = delete;
+  SyncBatchNormGuard& operator=(const SyncBatchNormGuard&) = delete;
+
+ private:
+  BatchNormSync* previous_;
+};
+
+/// The synchronization active on this thread, or nullptr.
+BatchNormSync* active_batch_norm_sync();
+
+/// `bn` applied to x: (N,C,H,W) -> (N,C,H,W). In training mode under a
+/// SyncBatchNormGuard the batch statistics are reduced over ranks (two-pass mean and
+/// variance in double precision) and the backward pass reduces the two per-channel
+/// sums it needs; the running statistics are updated like BatchNorm2d's with the
+/// global mean and unbiased variance. Weight and bias gradients are per-rank sums,
+/// to be averaged with the other gradients. Otherwise this is bn->forward(x).
+torch::Tensor batch_norm(torch::nn::BatchNorm2d& bn, const torch::Tensor& x);
+
+}  // namespace liondg
