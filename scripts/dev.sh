@@ -5,6 +5,8 @@
 #   bash scripts/dev.sh test    install missing Debian packages, build, run the test suite
 #   bash scripts/dev.sh build   install missing Debian packages and build only
 #   bash scripts/dev.sh deps    install missing Debian packages only
+#   bash scripts/dev.sh sanitize  the whole test suite built with AddressSanitizer +
+#                               UndefinedBehaviorSanitizer (in $ROOT/build-asan)
 #
 # Environment: BUILD_DIR (default build), BUILD_TYPE (default Release),
 # CMAKE_PREFIX_PATH (e.g. a newer libtorch), JOBS (default: number of cores).
@@ -19,7 +21,7 @@ JOBS=${JOBS:-$(nproc)}
 PACKAGES=(build-essential cmake ninja-build pkg-config libtorch-dev libgtest-dev nlohmann-json3-dev
           libcli11-dev zlib1g-dev dataset-fashion-mnist libtomlplusplus-dev gnuplot-nox libboost-math-dev
           libarchive-dev libjpeg62-turbo-dev libpng-dev libcurl4-openssl-dev libssl-dev python3-numpy
-          libgloo-dev)
+          libgloo-dev python3-pil)
 
 deps() {
   local missing=()
@@ -58,10 +60,30 @@ run_tests() {
   ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS"
 }
 
+sanitize() {
+  # ASan + UBSan over the library, the tool and every test (libtorch itself is not
+  # instrumented). Any report fails the test that triggered it.
+  local dir=${SANITIZE_BUILD_DIR:-$ROOT/build-asan}
+  local generator=()
+  command -v ninja > /dev/null && generator=(-G Ninja)
+  local flags="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
+  if [[ ! -f $dir/CMakeCache.txt ]]; then
+    cmake -S "$ROOT" -B "$dir" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS="$flags" \
+      -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" \
+      -DCMAKE_SHARED_LINKER_FLAGS="-fsanitize=address,undefined"
+  fi
+  cmake --build "$dir" -j "$JOBS"
+  # detect_leaks=0: libtorch's global registries are never freed by design.
+  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:detect_odr_violation=0 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --test-dir "$dir" --output-on-failure -j "$JOBS" -E "package_example"
+}
+
 case "${1:-}" in
   deps) deps ;;
   build) deps; build ;;
   run) deps; build; run_main_job ;;
   test) deps; build; run_tests ;;
-  *) sed -n '2,12p' "${BASH_SOURCE[0]}"; exit 2 ;;
+  sanitize) deps; sanitize ;;
+  *) sed -n '2,14p' "${BASH_SOURCE[0]}"; exit 2 ;;
 esac

@@ -269,5 +269,111 @@ else
   pass=$((pass + 1))
 fi
 
+# checkpoints: SIGTERM stops at a step boundary (exit 130, checkpoint, status
+# "interrupted"); --resume continues and the metrics equal an uninterrupted run's
+CK0=(train "${TINY_DATA[@]}" --batch-size 16 --eval-every 50 --grad-every 3 --quiet --no-save-model)
+CK=("${CK0[@]}" --steps 400)
+same_metrics() {  # same_metrics A B: every column but step_seconds equal, as text
+  /usr/bin/python3 - "$1" "$2" <<'PY'
+import csv, sys
+a, b = (list(csv.DictReader(open(p))) for p in sys.argv[1:3])
+assert len(a) == len(b), (len(a), len(b))
+bad = [(x["step"], k) for x, y in zip(a, b) for k in x if k != "step_seconds" and x[k] != y[k]]
+assert not bad, bad[:5]
+PY
+}
+"$LIONDG" "${CK[@]}" --out "$TMP/ck-whole" > /dev/null
+"$LIONDG" "${CK[@]}" --out "$TMP/ck-term" --checkpoint-every 25 > /dev/null 2> "$TMP/ck-term.log" &
+ck=$!
+wait_for_steps "$TMP/ck-term/metrics.csv"
+sleep 0.5
+kill -TERM $ck
+wait $ck
+rc=$?
+if [[ $rc -eq 130 ]] && grep -q '"status": "interrupted"' "$TMP/ck-term/summary.json" &&
+   grep -q "plus --resume" "$TMP/ck-term.log" && [[ -f $TMP/ck-term/checkpoint.pt ]]; then
+  pass=$((pass + 1))
+else
+  echo "FAIL: SIGTERM: exit $rc"; cat "$TMP/ck-term.log"; fail=$((fail + 1))
+fi
+expect_exit 2 "belongs to a run with batch size 16 and seed 42; this run has batch size 16 and seed 7" -- "$LIONDG" "${CK[@]}" --seed 7 --out "$TMP/ck-term" --resume
+expect_exit 0 "status: completed" -- "$LIONDG" "${CK[@]}" --out "$TMP/ck-term" --checkpoint-every 25 --resume
+if same_metrics "$TMP/ck-whole/metrics.csv" "$TMP/ck-term/metrics.csv"; then pass=$((pass + 1)); else
+  echo "FAIL: resumed after SIGTERM differs from the uninterrupted run"; fail=$((fail + 1)); fi
+# SIGKILL: no chance to clean up; the last periodic checkpoint and the CSV prefix suffice
+"$LIONDG" "${CK[@]}" --out "$TMP/ck-kill" --checkpoint-every 25 > /dev/null 2>&1 &
+ck=$!
+for _ in $(seq 1 600); do [[ -f $TMP/ck-kill/checkpoint.pt ]] && break; sleep 0.1; done
+sleep 0.3
+{ kill -9 $ck; wait $ck; } 2> /dev/null
+expect_exit 0 "status: completed" -- "$LIONDG" "${CK[@]}" --out "$TMP/ck-kill" --checkpoint-every 25 --resume
+if same_metrics "$TMP/ck-whole/metrics.csv" "$TMP/ck-kill/metrics.csv"; then pass=$((pass + 1)); else
+  echo "FAIL: resumed after SIGKILL differs from the uninterrupted run"; fail=$((fail + 1)); fi
+expect_exit 2 "has already completed" -- "$LIONDG" "${CK[@]}" --out "$TMP/ck-kill" --resume
+expect_exit 2 "holds no checkpoint" -- "$LIONDG" "${CK[@]}" --out "$TMP/ck-none" --resume
+expect_exit 2 "excludes" -- "$LIONDG" "${CK[@]}" --out "$TMP/ck-none" --resume --overwrite
+mkdir -p "$TMP/ck-bad" && printf 'garbage' > "$TMP/ck-bad/checkpoint.pt"
+expect_exit 1 "ck-bad/checkpoint.pt' is not a readable liondg checkpoint" -- "$LIONDG" "${CK[@]}" --out "$TMP/ck-bad" --resume
+# disk full (a file-size limit makes writes fail with EFBIG): a clear error naming the
+# file, exit 1, and what was written before stays valid
+(ulimit -f 40; trap '' XFSZ; "$LIONDG" "${CK0[@]}" --steps 3000 --checkpoint-every 100 --out "$TMP/full" > "$TMP/full.log" 2>&1)
+rc=$?
+if [[ $rc -eq 1 ]] && grep -q "cannot write '$TMP/full/checkpoint.pt': File too large" "$TMP/full.log" &&
+   grep -q '"status": "failed"' "$TMP/full/summary.json" && grep -q '"steps_run": 100' "$TMP/full/summary.json" &&
+   [[ $(tail -n 1 "$TMP/full/metrics.csv" | cut -d, -f1) == 100 ]] && ! ls "$TMP/full" | grep -q tmp; then
+  pass=$((pass + 1))
+else
+  echo "FAIL: disk full: exit $rc"; cat "$TMP/full.log"; fail=$((fail + 1))
+fi
+# a grid killed (SIGKILL, grid and workers) at several moments resumes with no finished
+# cell lost or duplicated and the same results as a grid never killed
+cat > "$TMP/kill.toml" <<'TOML'
+name = "kill"
+datasets = ["synthetic"]
+models = ["densenet-ds"]
+inits = ["he", "lion-dg"]
+seeds = [1, 2]
+[model]
+growth_rate = 4
+block_layers = [1, 1, 1]
+[synthetic]
+train_size = 128
+test_size = 64
+image_size = 12
+classes = 4
+[train]
+steps = 600
+batch_size = 16
+grad_every = 5
+eval_every = 200
+TOML
+expect_exit 0 "" -- "$LIONDG" grid --config "$TMP/kill.toml" --jobs 1 --out "$TMP/kg-whole" --quiet
+for delay in 1.0 3.5 0.2 2.5 6.0; do
+  setsid "$LIONDG" grid --config "$TMP/kill.toml" --jobs 1 --out "$TMP/kg" --quiet > /dev/null 2>&1 &
+  g=$!
+  sleep $delay
+  kill -9 -- -$g 2> /dev/null
+  wait $g 2> /dev/null
+done
+expect_exit 0 "" -- "$LIONDG" grid --config "$TMP/kill.toml" --jobs 1 --out "$TMP/kg" --quiet
+if /usr/bin/python3 - "$TMP/kg-whole/results.jsonl" "$TMP/kg/results.jsonl" <<'PY'
+import json, sys
+def cells(path):
+    out = {}
+    for line in open(path):
+        try:
+            j = json.loads(line)
+        except ValueError:
+            continue  # a line torn by a kill
+        if j["status"] == "completed":
+            assert j["key"] not in out, "duplicated finished cell " + j["key"]
+            out[j["key"]] = (j["summary"]["val_acc"], j["summary"]["steps_to_target"], j["summary"]["final_train_window_acc"])
+    return out
+whole, killed = cells(sys.argv[1]), cells(sys.argv[2])
+assert len(whole) == 4 and whole == killed, (whole, killed)
+PY
+then pass=$((pass + 1)); else echo "FAIL: a grid killed and resumed differs from one never killed"; fail=$((fail + 1)); fi
+expect_exit 0 "| synthetic | densenet-ds | lion-dg |" -- cat "$TMP/kg/report.md"
+
 echo "cli: $pass passed, $fail failed"
 [[ $fail -eq 0 ]]

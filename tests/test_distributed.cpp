@@ -34,29 +34,55 @@ int free_port() {
   return ntohs(addr.sin_port);
 }
 
-// Runs fn(rank, communicator) on `world` threads joined into one job.
+// Runs fn(rank, communicator) on `world` threads joined into one job. Joining is
+// retried on a fresh port (another test process may have taken the free port between
+// free_port() and the store's bind, e.g. under `ctest -j`).
 void run_ranks(int64_t world, const std::function<void(int64_t, std::shared_ptr<Communicator>)>& fn) {
-  const int port = free_port();
-  std::vector<std::thread> threads;
-  std::vector<std::exception_ptr> errors(static_cast<size_t>(world));
-  for (int64_t r = 0; r < world; ++r) {
-    threads.emplace_back([&, r] {
-      try {
-        DistributedEnv env;
-        env.rank = r;
-        env.world_size = world;
-        env.local_world_size = world;
-        env.local_rank = r;
-        env.master_port = port;
-        fn(r, connect(env, CommunicatorOptions().timeout(std::chrono::milliseconds(60'000))));
-      } catch (...) {
-        errors[static_cast<size_t>(r)] = std::current_exception();
+  constexpr int kAttempts = 3;
+  for (int attempt = 1;; ++attempt) {
+    const int port = free_port();
+    std::vector<std::shared_ptr<Communicator>> comms(static_cast<size_t>(world));
+    std::vector<std::exception_ptr> errors(static_cast<size_t>(world));
+    std::vector<std::thread> threads;
+    for (int64_t r = 0; r < world; ++r) {
+      threads.emplace_back([&, r] {
+        try {
+          DistributedEnv env;
+          env.rank = r;
+          env.world_size = world;
+          env.local_world_size = world;
+          env.local_rank = r;
+          env.master_port = port;
+          comms[static_cast<size_t>(r)] = connect(env, CommunicatorOptions().timeout(std::chrono::milliseconds(60'000)));
+        } catch (...) {
+          errors[static_cast<size_t>(r)] = std::current_exception();
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    bool joined = true;
+    for (auto& e : errors) joined = joined && !e;
+    if (!joined) {
+      if (attempt < kAttempts) continue;
+      for (auto& e : errors) {
+        if (e) std::rethrow_exception(e);
       }
-    });
-  }
-  for (auto& t : threads) t.join();
-  for (auto& e : errors) {
-    if (e) std::rethrow_exception(e);
+    }
+    threads.clear();
+    for (int64_t r = 0; r < world; ++r) {
+      threads.emplace_back([&, r] {
+        try {
+          fn(r, comms[static_cast<size_t>(r)]);
+        } catch (...) {
+          errors[static_cast<size_t>(r)] = std::current_exception();
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    for (auto& e : errors) {
+      if (e) std::rethrow_exception(e);
+    }
+    return;
   }
 }
 

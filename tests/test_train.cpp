@@ -1,6 +1,7 @@
 // Training: learning on synthetic data, determinism, steps-to-target,
 // gradient diagnostics, divergence, and the run directory.
 
+#include "expect.h"
 #include "fixtures.h"
 
 #include <liondg/errors.h>
@@ -190,6 +191,79 @@ TEST(Train, NonFiniteLossStopsWithStatusDiverged) {
   EXPECT_EQ(s.status, "diverged");
   EXPECT_EQ(s.steps_run, 0);
   EXPECT_NE(s.diverged_reason.find("step 1"), std::string::npos) << s.diverged_reason;
+  EXPECT_NE(s.diverged_reason.find("L_main = nan"), std::string::npos) << s.diverged_reason;
+  // Which loss: an auxiliary head gone bad is named as such.
+  he_init_(*model);
+  {
+    torch::NoGradGuard no_grad;
+    model->aux_head(1)->last_layer()->bias.fill_(std::numeric_limits<float>::infinity());
+  }
+  s = train(*model, data, fast_options());
+  EXPECT_EQ(s.status, "diverged");
+  EXPECT_NE(s.diverged_reason.find("L_aux_1 = "), std::string::npos) << s.diverged_reason;
+}
+
+// Stops the run (as SIGINT would) once `at` steps are done.
+struct StopAt : RecordSink {
+  int64_t at;
+  explicit StopAt(int64_t step) : at(step) {}
+  void on_step(const StepRecord& r) override {
+    if (r.step == at) request_stop();
+  }
+};
+
+TEST(Train, InterruptedRunResumesBitForBit) {
+  testing::TempDir dir;
+  DataSource data = testing::tiny_data(/*seed=*/4);
+  auto make = [] {
+    torch::manual_seed(8);
+    auto model = std::make_shared<DenseNetDSImpl>(testing::tiny_densenet());
+    init_model_(*model, "lion-dg");
+    return model;
+  };
+  // The default fast path (prefetch, channels-last, fused block), flips, crops, a
+  // partial target window and an epoch boundary (256 images / 32 = 8 steps) inside.
+  const TrainOptions o = fast_options().steps(30).eval_every(10).grad_every(3).crop_padding(2);
+  Collector whole;
+  train(*make(), data, o, {&whole});
+
+  const std::string ckpt = dir.file("checkpoint.pt");
+  Collector first, second;
+  StopAt stop(13);
+  auto model = make();
+  TrainSummary a = train(*model, data, TrainOptions(o).checkpoint_path(ckpt).checkpoint_every(5), {&first, &stop});
+  clear_stop_request();
+  EXPECT_EQ(a.status, "interrupted");
+  EXPECT_EQ(a.steps_run, 13);
+  EXPECT_EQ(checkpoint_step(ckpt), 13);
+  // A fresh process: a freshly initialized model, then the checkpoint.
+  TrainSummary b = train(*make(), data, TrainOptions(o).resume_from(ckpt), {&second});
+  EXPECT_EQ(b.status, "completed");
+  EXPECT_EQ(b.resumed_from_step, 13);
+  ASSERT_EQ(first.steps.size() + second.steps.size(), whole.steps.size());
+  std::vector<StepRecord> joined = first.steps;
+  joined.insert(joined.end(), second.steps.begin(), second.steps.end());
+  auto same = [](double x, double y) { return (std::isnan(x) && std::isnan(y)) || x == y; };
+  for (size_t i = 0; i < joined.size(); ++i) {
+    const StepRecord &x = whole.steps[i], &y = joined[i];
+    EXPECT_EQ(x.step, y.step);
+    EXPECT_TRUE(same(x.loss, y.loss) && same(x.main_acc, y.main_acc) && same(x.window_acc, y.window_acc) &&
+                same(x.grad_main_norm, y.grad_main_norm) && same(x.grad_aux_norm, y.grad_aux_norm) &&
+                x.aux_losses == y.aux_losses && x.aux_weight_norms == y.aux_weight_norms)
+        << "step " << x.step << ": " << x.loss << " vs " << y.loss;
+  }
+  ASSERT_FALSE(whole.evals.empty());
+  EXPECT_EQ(whole.evals.back().main_acc, second.evals.back().main_acc);
+  EXPECT_EQ(whole.evals.back().main_loss, second.evals.back().main_loss);
+
+  // A checkpoint of another run, a truncated one, a missing one: clear errors.
+  EXPECT_THROW(train(*make(), data, TrainOptions(o).batch_size(16).resume_from(ckpt)), UsageError);
+  std::ifstream in(ckpt, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  testing::write_bytes(dir.file("cut.pt"), std::vector<uint8_t>(bytes.begin(), bytes.begin() + bytes.size() / 2));
+  testing::expect_data_error([&] { train(*make(), data, TrainOptions(o).resume_from(dir.file("cut.pt"))); },
+                             {"cut.pt", "not a readable liondg checkpoint"});
+  testing::expect_data_error([&] { checkpoint_step(dir.file("none.pt")); }, {"none.pt' does not exist"});
 }
 
 // ------------------------------------------------------------------ run directory

@@ -7,20 +7,34 @@
 //   liondg data info cifar10-jpeg.tar.gz   liondg data fetch cifar10
 //   liondg launch --nproc 2 -- train ...   (data-parallel ranks, like torchrun)
 //
-// Exit codes: 0 success, 1 runtime error (data, I/O), 2 usage error, 3 diverged run.
+// Exit codes: 0 success, 1 runtime error (data, I/O), 2 usage error, 3 diverged run,
+// 130 interrupted (SIGINT / SIGTERM: the run stopped at a step boundary with a checkpoint).
 
 #include "cli/commands.h"
 
 #include <liondg/errors.h>
 #include <liondg/experiment/run.h>
+#include <liondg/train/trainer.h>
 #include <liondg/util/memory.h>
 
 #include <c10/util/Exception.h>
 
+#include <csignal>
 #include <iostream>
+
+namespace {
+// First SIGINT / SIGTERM: stop at the next step boundary (checkpoint, summary
+// "interrupted"); a second one: the default action, immediately.
+extern "C" void on_stop_signal(int sig) {
+  liondg::request_stop();
+  std::signal(sig, SIG_DFL);
+}
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace liondg::cli;
+  std::signal(SIGINT, on_stop_signal);
+  std::signal(SIGTERM, on_stop_signal);
   // Reuse freed activation memory instead of mapping it anew every step.
   liondg::configure_cpu_allocator();
   CLI::App app{"liondg: layer-informed initialization for deeply-supervised networks (LION-DG)"};

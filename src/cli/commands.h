@@ -1,7 +1,7 @@
 #pragma once
 // Subcommands of the liondg tool. Each `add_*` registers a subcommand whose
 // callback runs it and stores its exit status in `status`; errors are thrown
-// and mapped to exit codes by main (2 usage, 1 runtime, 3 diverged).
+// and mapped to exit codes by main (2 usage, 1 runtime, 3 diverged, 130 interrupted).
 
 #include <liondg/data/dataset.h>
 #include <liondg/models/registry.h>
@@ -14,6 +14,7 @@ constexpr int kExitOk = 0;
 constexpr int kExitRuntime = 1;
 constexpr int kExitUsage = 2;
 constexpr int kExitDiverged = 3;
+constexpr int kExitInterrupted = 130;  // SIGINT / SIGTERM: stopped at a step boundary, checkpoint written
 
 void add_train_command(CLI::App& app, int& status);
 void add_verify_command(CLI::App& app, int& status);
@@ -23,6 +24,10 @@ void add_grid_commands(CLI::App& app, int& status);
 void add_data_commands(CLI::App& app, int& status);
 void add_bench_commands(CLI::App& app, int& status);
 void add_launch_command(CLI::App& app, int& status);
+
+/// A validator for seeds: a decimal integer in [0, 2^64 - 1]. (CLI11 alone would wrap
+/// "-1" to 2^64 - 1 and saturate larger values.)
+CLI::Validator seed_validator();
 
 /// Registers the model-shape options shared by every command that builds a model.
 void add_model_options(CLI::App& cmd, ModelSpec& spec);

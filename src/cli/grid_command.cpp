@@ -5,6 +5,7 @@
 #include <liondg/errors.h>
 #include <liondg/experiment/grid.h>
 #include <liondg/report/report.h>
+#include <liondg/train/trainer.h>
 
 #include <iostream>
 
@@ -82,6 +83,12 @@ void add_grid_commands(CLI::App& app, int& status) {
       o.quiet = a->quiet;
       const int64_t failed = run_grid(spec, o);
       if (o.dry_run) return;
+      if (stop_requested()) {
+        std::cerr << "grid interrupted: finished cells are in " << o.out_dir
+                  << "/results.jsonl; run the same command again to continue\n";
+        status = kExitInterrupted;
+        return;
+      }
       if (!a->no_report) {
         const ReportResult r = write_report(o.out_dir);
         std::cout << "\n" << r.table1_markdown << "\nreport: " << r.markdown_path << " and " << r.html_path << "\n";

@@ -19,7 +19,7 @@ void add_theory_options(CLI::App& cmd, TheoryConfig& c, std::string& csv, int& t
   cmd.add_option("--steps", c.steps, "Training steps")->check(CLI::Range(int64_t{2}, int64_t{1000000}))->capture_default_str();
   cmd.add_option("--batch-size", c.batch_size, "Batch size")->check(CLI::PositiveNumber)->capture_default_str();
   cmd.add_option("--aux-weight", c.aux_weight, "alpha")->check(CLI::PositiveNumber)->capture_default_str();
-  cmd.add_option("--seed", c.seed, "Seed")->capture_default_str();
+  cmd.add_option("--seed", c.seed, "Seed")->check(seed_validator())->capture_default_str();
   cmd.add_option("--csv", csv, "Write the per-step series to this CSV file");
   cmd.add_option("--threads", threads, "Intra-op CPU threads (0 = all cores)")->check(CLI::NonNegativeNumber);
 }

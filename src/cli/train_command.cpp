@@ -15,6 +15,22 @@
 
 namespace liondg::cli {
 
+CLI::Validator seed_validator() {
+  return CLI::Validator(
+      [](std::string& v) -> std::string {
+        const bool digits = !v.empty() && v.size() <= 20 && v.find_first_not_of("0123456789") == std::string::npos;
+        if (digits) {
+          try {
+            std::stoull(v);
+            return "";
+          } catch (const std::out_of_range&) {
+          }
+        }
+        return "expected an integer in [0, 18446744073709551615], got '" + v + "'";
+      },
+      "SEED");
+}
+
 void add_model_options(CLI::App& cmd, ModelSpec& spec) {
   cmd.add_option("--model", spec.name, "Model architecture")
       ->check(CLI::IsMember(model_names()))
@@ -125,7 +141,9 @@ void add_train_command(CLI::App& app, int& status) {
   add_data_options(*cmd, config->dataset, config->data_path, config->synthetic);
   cmd->add_option("--steps", opts->steps(), "Training steps")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--batch-size", opts->batch_size(), "Batch size")->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--seed", config->seed, "Seed of model initialization and data order")->capture_default_str();
+  cmd->add_option("--seed", config->seed, "Seed of model initialization and data order")
+      ->check(seed_validator())
+      ->capture_default_str();
   cmd->add_option("--lr", opts->lr(), "AdamW learning rate")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--beta1", opts->beta1(), "AdamW beta1")->check(CLI::Range(0.0, 0.999999))->capture_default_str();
   cmd->add_option("--beta2", opts->beta2(), "AdamW beta2")->check(CLI::Range(0.0, 0.999999999))->capture_default_str();
@@ -199,6 +217,15 @@ void add_train_command(CLI::App& app, int& status) {
   cmd->add_flag("--stop-at-target", opts->stop_at_target(), "Stop as soon as the target accuracy is reached");
   cmd->add_option("--out", config->out_dir, "Run directory (default: runs/<model>-<init>-<dataset>-s<seed>)");
   cmd->add_flag("--overwrite", config->overwrite, "Allow an --out directory that holds a finished run");
+  cmd->add_option("--checkpoint-every", config->checkpoint_every,
+                  "Write OUT/checkpoint.pt (model, optimizer, data order, RNG, metric state) every N steps; one is "
+                  "also written when SIGINT/SIGTERM stops the run (0 = only then)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_flag("--resume", config->resume,
+                "Continue the unfinished run in --out from its checkpoint.pt (same options and seed); the metrics "
+                "equal those of an uninterrupted run")
+      ->excludes("--overwrite");
   cmd->add_option("--threads", config->threads, "Intra-op CPU threads (0 = all cores)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
@@ -257,6 +284,7 @@ void add_train_command(CLI::App& app, int& status) {
     const TrainSummary& s = r.summary;
     if (!writer) {
       if (s.status == "diverged") status = kExitDiverged;
+      if (s.status == "interrupted") status = kExitInterrupted;
       return;
     }
     if (as_json) {
@@ -285,6 +313,10 @@ void add_train_command(CLI::App& app, int& status) {
     if (s.status == "diverged") {
       std::cerr << "error: run diverged: " << s.diverged_reason << "; results so far are in " << r.out_dir << "\n";
       status = kExitDiverged;
+    } else if (s.status == "interrupted") {
+      std::cerr << "interrupted after step " << s.steps_run << "; checkpoint " << r.out_dir
+                << "/checkpoint.pt; continue with the same command plus --resume\n";
+      status = kExitInterrupted;
     }
   });
 }

@@ -26,7 +26,7 @@ void add_verify_command(CLI::App& app, int& status) {
   add_data_options(*cmd, config->dataset, config->data_path, config->synthetic);
   cmd->add_option("--batch-size", config->batch_size, "Batch size")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--aux-weight", config->aux_weight, "alpha")->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--seed", config->seed, "Seed of the initialization")->capture_default_str();
+  cmd->add_option("--seed", config->seed, "Seed of the initialization")->check(seed_validator())->capture_default_str();
   cmd->add_option("--threads", *threads, "Intra-op CPU threads (0 = all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_flag("--json", *as_json, "Print a JSON object instead of the verdict line");
   add_verify_theory_commands(*verify, status);

@@ -31,7 +31,11 @@ struct ArchiveReader {
 };
 
 void open_archive(ArchiveReader& r, const std::string& path) {
-  archive_read_support_filter_all(r.a);
+  // Only the compressions the docs promise, all in-process (filter_all would also run
+  // external programs such as lrzip for some inputs).
+  archive_read_support_filter_gzip(r.a);
+  archive_read_support_filter_bzip2(r.a);
+  archive_read_support_filter_xz(r.a);
   archive_read_support_format_tar(r.a);
   archive_read_support_format_gnutar(r.a);
   archive_read_support_format_zip(r.a);
@@ -86,7 +90,11 @@ std::string safe_member_path(const std::string& member, const std::string& archi
 bool SourceTree::is_archive_file(const std::string& path) {
   if (!is_regular_file(path)) return false;
   ArchiveReader r;
-  archive_read_support_filter_all(r.a);
+  // Only the compressions the docs promise, all in-process (filter_all would also run
+  // external programs such as lrzip for some inputs).
+  archive_read_support_filter_gzip(r.a);
+  archive_read_support_filter_bzip2(r.a);
+  archive_read_support_filter_xz(r.a);
   archive_read_support_format_tar(r.a);
   archive_read_support_format_gnutar(r.a);
   archive_read_support_format_zip(r.a);
@@ -144,7 +152,10 @@ SourceTree SourceTree::open(const std::string& path, const ArchiveLimits& limits
         throw DataError("archive '" + path + "': member '" + name + "' would exceed the " +
                         std::to_string(limits.max_total_bytes >> 20) + " MiB limit on uncompressed data");
       }
-      bytes.reserve(static_cast<size_t>(declared));
+      // The declared size is untrusted: reserve at most 64 MiB up front, grow past it
+      // only as data actually arrives.
+      constexpr int64_t kMaxReserve = int64_t{64} << 20;
+      bytes.reserve(static_cast<size_t>(std::min(declared, kMaxReserve)));
     }
     std::vector<uint8_t> block(kReadBlock);
     while (true) {

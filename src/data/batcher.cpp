@@ -4,6 +4,7 @@
 
 #include <array>
 #include <numeric>
+#include <sstream>
 
 namespace liondg {
 
@@ -61,6 +62,9 @@ TrainBatcher::TrainBatcher(const Dataset& data, ChannelStats stats, BatcherOptio
                     " must be divisible by the number of ranks ", options_.shard_count);
   order_.resize(static_cast<size_t>(data_.size()));
   reshuffle();
+  std::ostringstream rng_state;
+  rng_state << rng_;
+  handed_ = {rng_state.str(), order_, 0, 0};
 }
 
 TrainBatcher::~TrainBatcher() {
@@ -119,21 +123,38 @@ std::pair<torch::Tensor, torch::Tensor> CalibrationSampler::next(int64_t n) {
 }
 
 TrainBatcher::Batch TrainBatcher::next() {
+  Made m;
   if (!options_.prefetch) {
-    Batch b = make_batch();
-    epoch_ = made_epoch_;
-    return b;
+    m = make_batch();
+  } else {
+    if (!pending_.valid()) pending_ = std::async(std::launch::async, [this] { return make_batch(); });
+    m = pending_.get();
+    // The next batch is made while the caller trains on this one; make_batch is the
+    // only user of rng_ and order_, and never runs twice at once.
+    pending_ = std::async(std::launch::async, [this] { return make_batch(); });
   }
-  if (!pending_.valid()) pending_ = std::async(std::launch::async, [this] { return make_batch(); });
-  Batch b = pending_.get();
-  epoch_ = made_epoch_;
-  // The next batch is made while the caller trains on this one; make_batch is the
-  // only user of rng_ and order_, and never runs twice at once.
-  pending_ = std::async(std::launch::async, [this] { return make_batch(); });
-  return b;
+  handed_ = std::move(m.after);
+  epoch_ = handed_.epoch;
+  return std::move(m.batch);
 }
 
-TrainBatcher::Batch TrainBatcher::make_batch() {
+void TrainBatcher::restore(const BatcherState& state) {
+  TORCH_CHECK_VALUE(static_cast<int64_t>(state.order.size()) == data_.size(), "batcher state holds an order of ",
+                    state.order.size(), " images, the training split has ", data_.size());
+  TORCH_CHECK_VALUE(state.cursor >= 0 && state.cursor <= data_.size(), "batcher state cursor ", state.cursor,
+                    " is out of range");
+  if (pending_.valid()) pending_.wait();
+  pending_ = {};
+  std::istringstream in(state.rng);
+  in >> rng_;
+  TORCH_CHECK_VALUE(!in.fail(), "batcher state holds no valid generator state");
+  order_ = state.order;
+  cursor_ = static_cast<size_t>(state.cursor);
+  made_epoch_ = epoch_ = state.epoch;
+  handed_ = state;
+}
+
+TrainBatcher::Made TrainBatcher::make_batch() {
   const auto batch = static_cast<size_t>(options_.batch_size);
   if (cursor_ + batch > order_.size()) {
     ++made_epoch_;
@@ -164,7 +185,12 @@ TrainBatcher::Batch TrainBatcher::make_batch() {
     images = torch::where(mask, images.flip(/*dims=*/{3}), images);
   }
   if (options_.channels_last) images = images.contiguous(torch::MemoryFormat::ChannelsLast);
-  return {images, data_.labels.index_select(0, index)};
+  Made m;
+  m.batch = {images, data_.labels.index_select(0, index)};
+  std::ostringstream rng_state;
+  rng_state << rng_;
+  m.after = {rng_state.str(), order_, static_cast<int64_t>(cursor_), made_epoch_};
+  return m;
 }
 
 }  // namespace liondg

@@ -27,7 +27,19 @@ const char* const kSplits[] = {"train", "test"};
 
 // CRC-32 of a large buffer (zlib's crc32_z takes a size_t length).
 uint32_t crc32_of(const uint8_t* data, size_t size, uint32_t crc = 0) {
+  // crc32_z(crc, NULL, 0) returns 0, not crc: an empty tensor (null data) adds nothing.
+  if (size == 0) return crc;
   return static_cast<uint32_t>(crc32_z(crc, data, size));
+}
+
+// A non-negative integer header field no larger than `max` (nlohmann's get<> would cast
+// a float or a negative number silently).
+int64_t header_int(const json& j, const char* field, int64_t max) {
+  const json& v = j.at(field);
+  if (!v.is_number_integer()) throw std::out_of_range(std::string(field) + " is not an integer");
+  const int64_t x = v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(max) ? -1 : v.get<int64_t>();
+  if (x < 0 || x > max) throw std::out_of_range(std::string(field) + " is out of range");
+  return x;
 }
 
 size_t padded(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
@@ -120,7 +132,7 @@ std::optional<DataSource> read_cache(const std::string& file, const std::string&
   try {
     if (h.at("key").get<std::string>() != key) return fail("cache is for another source or options");
     const size_t payload_offset = padded(16 + size_t{header_len});
-    const auto payload_bytes = h.at("payload_bytes").get<size_t>();
+    const auto payload_bytes = static_cast<size_t>(header_int(h, "payload_bytes", static_cast<int64_t>(file_size)));
     if (payload_offset + payload_bytes != file_size) {
       return fail("file size " + std::to_string(file_size) + " does not match the header (" +
                   std::to_string(payload_offset + payload_bytes) + ")");
@@ -129,7 +141,8 @@ std::optional<DataSource> read_cache(const std::string& file, const std::string&
     // One read of the whole payload into one buffer; the splits are views of it.
     torch::Tensor payload = torch::empty({static_cast<int64_t>(payload_bytes)}, torch::kUInt8);
     if (!read_all_fd(fd, payload.data_ptr<uint8_t>(), payload_bytes)) return fail("truncated payload");
-    if (crc32_of(payload.data_ptr<uint8_t>(), payload_bytes) != h.at("payload_crc32").get<uint32_t>()) {
+    if (crc32_of(payload.data_ptr<uint8_t>(), payload_bytes) !=
+        static_cast<uint32_t>(header_int(h, "payload_crc32", int64_t{0xFFFFFFFF}))) {
       return fail("payload checksum mismatch (corrupt file)");
     }
     DataSource src;
@@ -147,11 +160,24 @@ std::optional<DataSource> read_cache(const std::string& file, const std::string&
     };
     for (const char* name : kSplits) {
       const json& s = h.at("splits").at(name);
-      const auto n = s.at("count").get<int64_t>();
-      const auto shape = s.at("shape").get<std::vector<int64_t>>();
-      if (n < 0 || shape.size() != 3) return fail("corrupt split header");
+      // Every size is bounded by the payload before any product: no overflow, no
+      // tensor with absurd strides.
+      const auto limit = static_cast<int64_t>(payload_bytes);
+      const int64_t n = header_int(s, "count", limit);
+      const json& shape_json = s.at("shape");
+      if (!shape_json.is_array() || shape_json.size() != 3) return fail("corrupt split header");
+      std::vector<int64_t> shape;
+      int64_t item = 1;
+      for (const auto& dim : shape_json) {
+        if (!dim.is_number_integer() || dim.get<int64_t>() < 1 || dim.get<int64_t>() > limit / item) {
+          return fail("corrupt split header (shape)");
+        }
+        shape.push_back(dim.get<int64_t>());
+        item *= shape.back();
+      }
+      if (n > 0 && item > limit / n) return fail("corrupt split header (size)");
       Dataset d;
-      d.images = take(n * shape[0] * shape[1] * shape[2]).view({n, shape[0], shape[1], shape[2]});
+      d.images = take(n * item).view({n, shape[0], shape[1], shape[2]});
       d.labels = take(n * 8).clone().view(torch::kInt64);
       if (s.at("coarse").get<bool>()) d.coarse_labels = take(n * 8).clone().view(torch::kInt64);
       (std::string(name) == "train" ? src.train : src.test) = d;

@@ -123,14 +123,22 @@ torch::Tensor parse_idx(const std::vector<uint8_t>& raw, const std::string& path
   const size_t header = 4 + 4 * static_cast<size_t>(ndims);
   if (bytes.size() < header) throw DataError("'" + path + "': truncated IDX header");
   std::vector<int64_t> shape;
-  int64_t count = 1;
+  constexpr int64_t kMaxElements = int64_t{1} << 36;
+  int64_t item = 1;  // elements per item: product of dims 1..n-1, each bounded before it grows
   for (int d = 0; d < ndims; ++d) {
     const uint8_t* p = bytes.data() + 4 + 4 * d;
     const int64_t dim = (int64_t(p[0]) << 24) | (int64_t(p[1]) << 16) | (int64_t(p[2]) << 8) | int64_t(p[3]);
+    if (dim == 0 && d > 0) {
+      throw DataError("'" + path + "': IDX dimension " + std::to_string(d) + " is 0; every item must hold data");
+    }
     shape.push_back(dim);
-    count *= dim;
-    if (count > (int64_t(1) << 36)) throw DataError("'" + path + "': IDX dimensions are implausibly large");
+    if (d > 0) {
+      if (item > kMaxElements / dim) throw DataError("'" + path + "': IDX dimensions are implausibly large");
+      item *= dim;
+    }
   }
+  if (shape[0] > kMaxElements / item) throw DataError("'" + path + "': IDX dimensions are implausibly large");
+  const int64_t count = shape[0] * item;
   const int64_t payload = static_cast<int64_t>(bytes.size() - header);
   if (payload != count) {
     throw DataError("'" + path + "': " + (payload < count ? "truncated" : "oversized") + " IDX file: header declares " +

@@ -12,10 +12,12 @@
 #include <toml++/toml.h>
 
 #include <fcntl.h>
+#include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -258,7 +260,10 @@ GridSpec grid_from_json(const std::string& text, const std::string& origin) {
   if (j.contains("sweep")) {
     for (const auto& [k, v] : j["sweep"].items()) {
       if (!v.is_array() || v.empty()) bad(origin, "sweep." + k + " must be a non-empty list");
-      for (const auto& e : v) apply_option(scratch, "train", k, e, origin);
+      for (const auto& e : v) {
+        if (!e.is_number()) bad(origin, "sweep." + k + " values must be numbers, got " + e.dump());
+        apply_option(scratch, "train", k, e, origin);
+      }
     }
   }
   if (j.contains("data")) {
@@ -270,11 +275,50 @@ GridSpec grid_from_json(const std::string& text, const std::string& origin) {
   return spec;
 }
 
+namespace {
+// toml++ 3.3.0 reaches __builtin_unreachable on some non-ASCII bytes outside strings
+// (upstream issue marzer/tomlplusplus#295, fixed after the version Debian ships). A grid
+// config's keys and bare values are ASCII, so other bytes are refused there up front;
+// strings (paths) and comments may hold any UTF-8.
+void check_ascii_outside_strings(const std::string& text, const std::string& path) {
+  int64_t line = 1;
+  char quote = 0;
+  bool comment = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (c == '\n') {
+      ++line;
+      comment = false;
+      continue;
+    }
+    if (comment) continue;
+    if (quote != 0) {
+      if (c == '\\' && quote == '"') {
+        ++i;
+      } else if (c == quote) {
+        quote = 0;
+      }
+      continue;
+    }
+    if (c == '#') {
+      comment = true;
+    } else if (c == '"' || c == '\'') {
+      quote = c;
+    } else if (static_cast<unsigned char>(c) >= 0x80) {
+      throw UsageError("grid config '" + path + "' line " + std::to_string(line) +
+                       ": non-ASCII character outside a string or comment");
+    }
+  }
+}
+}  // namespace
+
 GridSpec grid_from_toml_file(const std::string& path) {
   if (!is_regular_file(path)) throw DataError("grid config '" + path + "' does not exist");
+  const std::string text = read_text(path);
+  check_ascii_outside_strings(text, path);
   toml::table table;
   try {
-    table = toml::parse_file(path);
+    table = toml::parse(text, path);
   } catch (const toml::parse_error& e) {
     std::ostringstream msg;
     msg << "grid config '" << path << "' line " << e.source().begin.line << ", column " << e.source().begin.column
@@ -423,6 +467,10 @@ void append_result(const std::string& path, const std::string& json_line) {
 
 // ------------------------------------------------------------------ running
 
+// Cells write a checkpoint this often (a few MB; metrics are unaffected), so a killed
+// grid loses at most this many steps of each running cell.
+constexpr int64_t kCellCheckpointEvery = 250;
+
 CellResult run_grid_cell(const std::string& grid_dir, const std::string& key, int threads) {
   const GridSpec spec = grid_from_json(read_text(join_path(grid_dir, "grid.json")), "'" + grid_dir + "/grid.json'");
   const std::vector<GridCell> cells = expand_grid(spec);
@@ -434,6 +482,22 @@ CellResult run_grid_cell(const std::string& grid_dir, const std::string& key, in
   c.threads = threads;
   Json line{{"key", key}, {"dataset", it->dataset}, {"model", it->model}, {"init", it->init},
             {"seed", it->seed}, {"sweep", it->sweep}, {"run_dir", it->config.out_dir}};
+  // A cell whose run finished but whose result line was lost (the grid was killed
+  // between the two) is recorded from its summary, not run again; an interrupted or
+  // killed cell with a checkpoint continues from it.
+  const std::string summary_path = join_path(c.out_dir, "summary.json");
+  Json previous;
+  if (is_regular_file(summary_path)) previous = Json::parse(read_text(summary_path), nullptr, /*allow_exceptions=*/false);
+  const std::string previous_status =
+      previous.is_object() && previous.contains("status") && previous["status"].is_string() ? previous["status"].get<std::string>() : "";
+  if (previous_status == "completed" || previous_status == "diverged") {
+    line["status"] = previous_status;
+    line["summary"] = previous;
+    append_result(join_path(grid_dir, "results.jsonl"), line.dump());
+    return {key, line["status"], line.dump()};
+  }
+  c.resume = is_regular_file(join_path(c.out_dir, "checkpoint.pt"));
+  c.checkpoint_every = kCellCheckpointEvery;
   try {
     const RunResult r = run_experiment(c);
     line["status"] = r.summary.status;
@@ -576,8 +640,16 @@ int64_t run_grid(const GridSpec& spec, const GridOptions& o) {
   std::map<pid_t, std::pair<const GridCell*, std::chrono::steady_clock::time_point>> running;
   size_t next = 0, done = 0;
   int64_t failed = 0;
-  while (next < todo.size() || !running.empty()) {
-    while (next < todo.size() && static_cast<int>(running.size()) < o.jobs) {
+  bool forwarded_stop = false;
+  while ((next < todo.size() && !stop_requested()) || !running.empty()) {
+    // SIGINT / SIGTERM: start no new cell; running cells stop at their next step with
+    // a checkpoint (the next `liondg grid` continues them).
+    if (stop_requested() && !forwarded_stop) {
+      forwarded_stop = true;
+      for (const auto& item : running) ::kill(item.first, SIGTERM);
+      if (!o.quiet) std::cout << "grid: stopping; running cells write a checkpoint, re-run to continue\n" << std::flush;
+    }
+    while (next < todo.size() && !stop_requested() && static_cast<int>(running.size()) < o.jobs) {
       const GridCell* cell = todo[next++];
       const std::string log = join_path(join_path(o.out_dir, "logs"), cell->key + ".log");
       posix_spawn_file_actions_t actions;
@@ -597,6 +669,7 @@ int64_t run_grid(const GridSpec& spec, const GridOptions& o) {
     }
     int wstatus = 0;
     const pid_t pid = ::waitpid(-1, &wstatus, 0);
+    if (pid < 0 && errno == EINTR) continue;
     if (pid < 0) break;
     auto it = running.find(pid);
     if (it == running.end()) continue;
@@ -609,6 +682,11 @@ int64_t run_grid(const GridSpec& spec, const GridOptions& o) {
       if (r.key == cell->key) status = r.status;
     }
     const bool ok_exit = WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0;
+    if (status == "interrupted") {
+      --done;
+      if (!o.quiet) std::cout << cell->key << ": interrupted (its checkpoint is kept)\n" << std::flush;
+      continue;
+    }
     if (!ok_exit && status != "failed" && status != "diverged") status = "failed";
     if (status == "failed") {
       ++failed;

@@ -27,8 +27,12 @@ using json = nlohmann::json;
 // leaves a valid prefix.
 class CsvMetricsWriter : public RecordSink {
  public:
-  CsvMetricsWriter(const std::string& path, int64_t num_aux) : path_(path), num_aux_(num_aux), out_(path) {
+  // append: continue a file that already has its header (a resumed run).
+  CsvMetricsWriter(const std::string& path, int64_t num_aux, bool append = false)
+      : path_(path), num_aux_(num_aux), out_(path, append ? std::ios::app : std::ios::trunc) {
     if (!out_) throw DataError("cannot write '" + path + "'");
+    out_.precision(9);
+    if (append) return;
     out_ << "step,loss,aux_weight,main_loss";
     for (int64_t k = 0; k < num_aux_; ++k) out_ << ",aux_loss_" << k;
     out_ << ",main_acc";
@@ -38,9 +42,15 @@ class CsvMetricsWriter : public RecordSink {
     out_ << ",step_seconds,val_main_acc,val_main_loss";
     for (int64_t k = 0; k < num_aux_; ++k) out_ << ",val_aux_acc_" << k;
     out_ << "\n";
-    out_.precision(9);
   }
-  ~CsvMetricsWriter() override { flush_pending(); }
+  ~CsvMetricsWriter() override {
+    try {
+      flush_pending();
+    } catch (...) {
+      // Destructors must not throw; the error was or will be reported by flush_pending().
+    }
+  }
+  void on_checkpoint(int64_t /*step*/) override { flush_pending(); }
 
   void on_step(const StepRecord& r) override {
     flush_pending();
@@ -92,6 +102,30 @@ class CsvMetricsWriter : public RecordSink {
   std::ofstream out_;
   std::string pending_;
   int64_t pending_step_ = -1;
+};
+
+// Keeps metrics.csv's header and its rows up to `step` (a resumed run continues after
+// them; later rows came from the interrupted process after its last checkpoint).
+void truncate_metrics(const std::string& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in) throw DataError("cannot resume: '" + path + "' is missing");
+  std::string kept, line;
+  bool header = true;
+  while (std::getline(in, line)) {
+    if (!header) {
+      const int64_t row = std::atoll(line.substr(0, line.find(',')).c_str());
+      if (line.empty() || row < 1 || row > step) continue;
+    }
+    kept += line + "\n";
+    header = false;
+  }
+  write_file_atomic(path, kept);
+}
+
+// The last completed step, for the summary of a run that fails midway.
+struct StepCounter : RecordSink {
+  int64_t steps = 0;
+  void on_step(const StepRecord& r) override { steps = r.step; }
 };
 
 json eval_json(const EvalRecord& e) {
@@ -215,6 +249,8 @@ json summary_json(const RunResult& r, const std::string& status, const std::stri
   j["train_seconds"] = s.train_seconds;
   j["eval_seconds"] = s.eval_seconds;
   j["world_size"] = s.world_size;
+  j["resumed_from_step"] = s.resumed_from_step;
+  j["checkpoint"] = s.checkpoint.empty() ? json(nullptr) : json(s.checkpoint);
   j["comm_seconds"] = s.comm_seconds;
   j["init_seconds"] = r.init_seconds;
   j["calibration_seconds"] = r.calibration_seconds;
@@ -231,6 +267,14 @@ json summary_json(const RunResult& r, const std::string& status, const std::stri
   }
   j["parameter_counts"] = r.parameter_counts;
   return j;
+}
+
+std::string read_summary_status(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  const json j = json::parse(text.str(), /*cb=*/nullptr, /*allow_exceptions=*/false);
+  return j.is_object() && j.contains("status") && j["status"].is_string() ? j["status"].get<std::string>() : "";
 }
 
 }  // namespace
@@ -273,9 +317,24 @@ RunResult run_experiment(const RunConfig& c_in) {
   const bool writer = comm == nullptr || comm->rank() == 0;
   // Output directory first: never train for an hour and then fail to write.
   const std::string summary_path = c.out_dir + "/summary.json";
+  const std::string checkpoint_path = c.out_dir + "/checkpoint.pt";
+  int64_t resume_step = 0;
+  if (c.resume) {
+    if (!is_regular_file(checkpoint_path)) {
+      throw UsageError("--resume: '" + c.out_dir + "' holds no checkpoint (checkpoint.pt); runs write one every "
+                       "--checkpoint-every steps and when interrupted");
+    }
+    if (is_regular_file(summary_path) &&
+        read_summary_status(summary_path) == "completed") {
+      throw UsageError("--resume: the run in '" + c.out_dir + "' has already completed");
+    }
+    resume_step = checkpoint_step(checkpoint_path);
+    c.train.resume_from(checkpoint_path);
+  }
+  c.train.checkpoint_path(checkpoint_path).checkpoint_every(c.checkpoint_every);
   if (writer) {
     ensure_writable_dir(c.out_dir);
-    if (!c.overwrite && is_regular_file(summary_path)) {
+    if (!c.overwrite && !c.resume && is_regular_file(summary_path)) {
       throw UsageError("output directory '" + c.out_dir +
                        "' already holds a finished run (summary.json); choose another --out or pass --overwrite");
     }
@@ -308,11 +367,14 @@ RunResult run_experiment(const RunConfig& c_in) {
     write_file_atomic(c.out_dir + "/init.json", init.audit_json + "\n");
   }
 
+  StepCounter counter;
+  counter.steps = resume_step;
   try {
     std::unique_ptr<CsvMetricsWriter> csv;
-    std::vector<RecordSink*> sinks;
+    std::vector<RecordSink*> sinks{&counter};
     if (writer) {
-      csv = std::make_unique<CsvMetricsWriter>(c.out_dir + "/metrics.csv", model->num_aux_heads());
+      if (c.resume) truncate_metrics(c.out_dir + "/metrics.csv", resume_step);
+      csv = std::make_unique<CsvMetricsWriter>(c.out_dir + "/metrics.csv", model->num_aux_heads(), c.resume);
       sinks.push_back(csv.get());
     }
     std::unique_ptr<ProgressPrinter> progress;
@@ -325,6 +387,7 @@ RunResult run_experiment(const RunConfig& c_in) {
     if (progress) progress->finish();
   } catch (const std::exception& e) {
     result.summary.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    result.summary.steps_run = counter.steps;
     try {
       const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
       const std::string message = c10_error != nullptr ? c10_error->what_without_backtrace() : e.what();

@@ -1,13 +1,20 @@
 // The training loop of the paper's protocol.
 
+#include <liondg/errors.h>
 #include <liondg/models/batch_norm.h>
 #include <liondg/train/distributed.h>
 #include <liondg/train/trainer.h>
+#include <liondg/util/fs.h>
 
 #include <torch/autograd.h>
 #include <torch/nn/functional/loss.h>
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
+#include <torch/serialize/input-archive.h>
+#include <torch/serialize/output-archive.h>
+
+#include <atomic>
+#include <sstream>
 
 #include <chrono>
 #include <deque>
@@ -71,6 +78,147 @@ void average_gradients_(Communicator* comm, std::vector<torch::Tensor>& grads,
   }
 }
 
+std::atomic<bool> g_stop_requested{false};
+
+constexpr int64_t kCheckpointVersion = 1;
+
+// What the training loop carries from step to step besides model, optimizer and batcher.
+struct LoopState {
+  int64_t step = 0;  // steps completed
+  std::deque<double> window;
+  double window_sum = 0;
+  std::optional<int64_t> steps_to_target;
+  double final_train_window_acc = 0;
+  double train_seconds = 0;
+  double eval_seconds = 0;
+};
+
+c10::IValue read_value(torch::serialize::InputArchive& archive, const std::string& key, const std::string& path) {
+  c10::IValue v;
+  if (!archive.try_read(key, v)) throw DataError("checkpoint '" + path + "' lacks '" + key + "'");
+  return v;
+}
+
+// One file: model, optimizer, batcher and loop state, plus what must match on resume.
+void save_checkpoint(const std::string& path, DSModelImpl& model, torch::optim::Optimizer& optimizer,
+                     const BatcherState& batcher, const LoopState& loop, const TrainOptions& o) {
+  torch::serialize::OutputArchive archive, model_archive, optimizer_archive;
+  model.save(model_archive);
+  optimizer.save(optimizer_archive);
+  archive.write("model", model_archive);
+  archive.write("optimizer", optimizer_archive);
+  archive.write("liondg/version", c10::IValue(kCheckpointVersion));
+  archive.write("liondg/step", c10::IValue(loop.step));
+  archive.write("liondg/batch_size", c10::IValue(o.batch_size()));
+  archive.write("liondg/seed", c10::IValue(static_cast<int64_t>(o.seed())));
+  archive.write("liondg/window", torch::tensor(std::vector<double>(loop.window.begin(), loop.window.end()),
+                                               torch::kFloat64));
+  archive.write("liondg/window_sum", c10::IValue(loop.window_sum));
+  archive.write("liondg/steps_to_target", c10::IValue(loop.steps_to_target.value_or(-1)));
+  archive.write("liondg/final_train_window_acc", c10::IValue(loop.final_train_window_acc));
+  archive.write("liondg/train_seconds", c10::IValue(loop.train_seconds));
+  archive.write("liondg/eval_seconds", c10::IValue(loop.eval_seconds));
+  archive.write("batcher/rng", c10::IValue(batcher.rng));
+  archive.write("batcher/order", torch::tensor(batcher.order, torch::kInt64));
+  archive.write("batcher/cursor", c10::IValue(batcher.cursor));
+  archive.write("batcher/epoch", c10::IValue(batcher.epoch));
+  std::ostringstream bytes;
+  archive.save_to(bytes);
+  write_file_atomic(path, bytes.str());  // temporary file, fsync, rename
+}
+
+torch::serialize::InputArchive open_checkpoint(const std::string& path) {
+  if (!is_regular_file(path)) throw DataError("checkpoint '" + path + "' does not exist");
+  torch::serialize::InputArchive archive;
+  try {
+    archive.load_from(path);
+  } catch (const c10::Error& e) {
+    throw DataError("checkpoint '" + path + "' is not a readable liondg checkpoint (truncated or corrupt?): " +
+                    e.what_without_backtrace());
+  }
+  const c10::IValue version = read_value(archive, "liondg/version", path);
+  if (!version.isInt() || version.toInt() != kCheckpointVersion) {
+    throw DataError("checkpoint '" + path + "' has an unsupported format version (expected " +
+                    std::to_string(kCheckpointVersion) + ")");
+  }
+  return archive;
+}
+
+void load_checkpoint(const std::string& path, DSModelImpl& model, torch::optim::Optimizer& optimizer,
+                     TrainBatcher& batcher, LoopState& loop, const TrainOptions& o) {
+  torch::serialize::InputArchive archive = open_checkpoint(path);
+  const int64_t batch = read_value(archive, "liondg/batch_size", path).toInt();
+  const int64_t seed = read_value(archive, "liondg/seed", path).toInt();
+  if (batch != o.batch_size() || seed != static_cast<int64_t>(o.seed())) {
+    throw UsageError("checkpoint '" + path + "' belongs to a run with batch size " + std::to_string(batch) +
+                     " and seed " + std::to_string(seed) + "; this run has batch size " +
+                     std::to_string(o.batch_size()) + " and seed " + std::to_string(o.seed()));
+  }
+  try {
+    torch::serialize::InputArchive model_archive, optimizer_archive;
+    archive.read("model", model_archive);
+    archive.read("optimizer", optimizer_archive);
+    model.load(model_archive);
+    optimizer.load(optimizer_archive);
+  } catch (const c10::Error& e) {
+    throw DataError("checkpoint '" + path + "' does not fit this model or optimizer: " + e.what_without_backtrace());
+  }
+  loop.step = read_value(archive, "liondg/step", path).toInt();
+  if (loop.step < 0 || loop.step > o.steps()) {
+    throw UsageError("checkpoint '" + path + "' is at step " + std::to_string(loop.step) + ", beyond this run's " +
+                     std::to_string(o.steps()) + " steps");
+  }
+  torch::Tensor window;
+  archive.read("liondg/window", window);
+  for (int64_t i = 0; i < window.numel(); ++i) loop.window.push_back(window[i].item<double>());
+  loop.window_sum = read_value(archive, "liondg/window_sum", path).toDouble();
+  const int64_t target = read_value(archive, "liondg/steps_to_target", path).toInt();
+  if (target >= 0) loop.steps_to_target = target;
+  loop.final_train_window_acc = read_value(archive, "liondg/final_train_window_acc", path).toDouble();
+  loop.train_seconds = read_value(archive, "liondg/train_seconds", path).toDouble();
+  loop.eval_seconds = read_value(archive, "liondg/eval_seconds", path).toDouble();
+  BatcherState b;
+  b.rng = read_value(archive, "batcher/rng", path).toStringRef();
+  torch::Tensor order;
+  archive.read("batcher/order", order);
+  b.order.assign(order.data_ptr<int64_t>(), order.data_ptr<int64_t>() + order.numel());
+  b.cursor = read_value(archive, "batcher/cursor", path).toInt();
+  b.epoch = read_value(archive, "batcher/epoch", path).toInt();
+  batcher.restore(b);
+}
+
+// "L_aux_1 = nan" for the first non-finite of the step's losses.
+std::string first_non_finite(const StepRecord& r) {
+  std::ostringstream s;
+  if (!std::isfinite(r.main_loss)) {
+    s << "L_main = " << r.main_loss;
+  } else {
+    for (size_t k = 0; k < r.aux_losses.size(); ++k) {
+      if (!std::isfinite(r.aux_losses[k])) {
+        s << "L_aux_" << k << " = " << r.aux_losses[k];
+        break;
+      }
+    }
+  }
+  if (s.str().empty()) s << "total = " << r.loss;
+  return s.str();
+}
+
+// Name of the first parameter whose gradient holds NaN or Inf, or "".
+std::string non_finite_gradient(DSModelImpl& model) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> peaks;  // max |g| propagates NaN and Inf: one check for all
+  for (const auto& p : model.parameters()) {
+    if (p.grad().defined() && p.grad().numel() > 0) peaks.push_back(p.grad().abs().max());
+  }
+  if (peaks.empty() || torch::stack(peaks).isfinite().all().item<bool>()) return "";
+  for (const auto& item : model.named_parameters()) {
+    const torch::Tensor& g = item.value().grad();
+    if (g.defined() && g.numel() > 0 && !torch::isfinite(g.abs().max()).item<bool>()) return item.key();
+  }
+  return "";
+}
+
 // Synchronized BatchNorm's reductions through the run's communicator.
 class CommunicatorBatchNormSync final : public BatchNormSync {
  public:
@@ -82,6 +230,15 @@ class CommunicatorBatchNormSync final : public BatchNormSync {
 };
 
 }  // namespace
+
+void request_stop() { g_stop_requested.store(true); }
+bool stop_requested() { return g_stop_requested.load(); }
+void clear_stop_request() { g_stop_requested.store(false); }
+
+int64_t checkpoint_step(const std::string& path) {
+  torch::serialize::InputArchive archive = open_checkpoint(path);
+  return read_value(archive, "liondg/step", path).toInt();
+}
 
 Losses compute_losses(const DSOutput& out, const torch::Tensor& labels, double aux_weight) {
   Losses l;
@@ -253,11 +410,24 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
   const std::vector<torch::Tensor> backbone = parameters_of_kind(model, ParamRole::Kind::kBackbone);
   const int64_t num_aux = model.num_aux_heads();
 
+  LoopState loop;
+  if (!o.resume_from().empty()) {
+    load_checkpoint(o.resume_from(), model, *optimizer, batcher, loop, o);
+    if (o.channels_last()) to_channels_last_(model);  // the layout the run had
+  }
   TrainSummary summary;
   summary.world_size = world;
-  std::deque<double> window;
-  double window_sum = 0.0;
+  summary.resumed_from_step = loop.step;
+  const bool writes_checkpoints = !o.checkpoint_path().empty() && (comm == nullptr || comm->rank() == 0);
+  auto write_checkpoint = [&] {
+    for (auto* s : sinks) s->on_checkpoint(loop.step);
+    if (writes_checkpoints) {
+      save_checkpoint(o.checkpoint_path(), model, *optimizer, batcher.state(), loop, o);
+      summary.checkpoint = o.checkpoint_path();
+    }
+  };
   TORCH_CHECK_VALUE(o.eval_limit() >= 0, "eval limit must be >= 0, got ", o.eval_limit());
+  TORCH_CHECK_VALUE(o.checkpoint_every() >= 0, "checkpoint interval must be >= 0, got ", o.checkpoint_every());
   Dataset eval_split = data.eval_split();
   if (o.eval_limit() > 0 && o.eval_limit() < eval_split.size()) {
     eval_split.images = eval_split.images.narrow(0, 0, o.eval_limit());
@@ -271,13 +441,18 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
     EvalRecord e = evaluate(model, eval_split, stats, o.eval_batch_size(), o.channels_last(), comm);
     if (comm != nullptr) eval_comm_seconds += comm->blocked_seconds() - comm_before;
     e.step = step;
-    summary.eval_seconds += seconds_since(t0);
+    loop.eval_seconds += seconds_since(t0);
     for (auto* s : sinks) s->on_eval(e);
     return e;
   };
+  auto diverge = [&](int64_t step, const std::string& reason) {
+    summary.status = "diverged";
+    summary.diverged_reason = reason + " at step " + std::to_string(step);
+  };
 
   model.train();
-  for (int64_t step = 1; step <= o.steps(); ++step) {
+  const bool already_done = o.stop_at_target() && loop.steps_to_target.has_value();
+  for (int64_t step = loop.step + 1; step <= o.steps() && !already_done; ++step) {
     const auto t0 = Clock::now();
     auto [images, labels] = batcher.next();
     DSOutput out = model.forward(images);
@@ -292,24 +467,25 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
     for (const auto& a : l.aux) r.aux_losses.push_back(a.item<double>());
     r.main_acc = accuracy(out.logits, labels);
     for (const auto& a : out.aux_logits) r.aux_accs.push_back(accuracy(a, labels));
+    bool stop_now = stop_requested();
     if (world > 1) {
       // The global batch's values (equal shards: the mean of the ranks' means), the
-      // same on every rank, so every rank takes the same decisions below.
-      std::vector<double> v{r.loss, r.main_loss, r.main_acc};
+      // same on every rank, so every rank takes the same decisions below; a stop
+      // request seen by any rank stops all of them after this step.
+      std::vector<double> v{r.loss, r.main_loss, r.main_acc, stop_now ? 1.0 : 0.0};
       v.insert(v.end(), r.aux_losses.begin(), r.aux_losses.end());
       v.insert(v.end(), r.aux_accs.begin(), r.aux_accs.end());
       average_values_(*comm, v);
       r.loss = v[0];
       r.main_loss = v[1];
       r.main_acc = v[2];
-      std::copy(v.begin() + 3, v.begin() + 3 + static_cast<int64_t>(r.aux_losses.size()), r.aux_losses.begin());
-      std::copy(v.begin() + 3 + static_cast<int64_t>(r.aux_losses.size()), v.end(), r.aux_accs.begin());
+      stop_now = v[3] > 0;
+      const auto aux_begin = v.begin() + 4;
+      std::copy(aux_begin, aux_begin + static_cast<int64_t>(r.aux_losses.size()), r.aux_losses.begin());
+      std::copy(aux_begin + static_cast<int64_t>(r.aux_losses.size()), v.end(), r.aux_accs.begin());
     }
     if (!std::isfinite(r.loss)) {
-      summary.status = "diverged";
-      summary.diverged_reason = "non-finite loss at step " + std::to_string(step) + " (L_main = " +
-                                std::to_string(r.main_loss) + ", total = " + std::to_string(r.loss) + ")";
-      summary.steps_run = step - 1;
+      diverge(step, "non-finite loss (" + first_non_finite(r) + ")");
       break;
     }
 
@@ -328,12 +504,6 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
         r.grad_aux_norm = 0.0;
       }
       r.grad_ratio = r.grad_main_norm > 0 ? r.grad_aux_norm / r.grad_main_norm : NAN;
-      if (!std::isfinite(r.grad_main_norm) || !std::isfinite(r.grad_aux_norm)) {
-        summary.status = "diverged";
-        summary.diverged_reason = "non-finite backbone gradient at step " + std::to_string(step);
-        summary.steps_run = step - 1;
-        break;
-      }
     }
     {
       torch::NoGradGuard no_grad;
@@ -346,28 +516,44 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
     if (reducer) reducer->arm();
     l.total.backward();
     if (reducer) reducer->finish();
+    // A finite loss can still have NaN/Inf gradients (overflow in backward): never
+    // let them into the parameters.
+    if (const std::string bad = non_finite_gradient(model); !bad.empty()) {
+      diverge(step, "non-finite gradient of '" + bad + "' (loss " + std::to_string(r.loss) + ")");
+      break;
+    }
     optimizer->step();
 
-    window.push_back(r.main_acc);
-    window_sum += r.main_acc;
-    if (static_cast<int64_t>(window.size()) > o.target_window()) {
-      window_sum -= window.front();
-      window.pop_front();
+    loop.window.push_back(r.main_acc);
+    loop.window_sum += r.main_acc;
+    if (static_cast<int64_t>(loop.window.size()) > o.target_window()) {
+      loop.window_sum -= loop.window.front();
+      loop.window.pop_front();
     }
-    r.window_acc = window_sum / static_cast<double>(window.size());
-    if (!summary.steps_to_target && static_cast<int64_t>(window.size()) == o.target_window() &&
+    r.window_acc = loop.window_sum / static_cast<double>(loop.window.size());
+    if (!loop.steps_to_target && static_cast<int64_t>(loop.window.size()) == o.target_window() &&
         r.window_acc >= o.target_acc()) {
-      summary.steps_to_target = step;
+      loop.steps_to_target = step;
     }
     r.seconds = seconds_since(t0);
-    summary.train_seconds += r.seconds;
-    summary.steps_run = step;
-    summary.final_train_window_acc = r.window_acc;
+    loop.train_seconds += r.seconds;
+    loop.step = step;
+    loop.final_train_window_acc = r.window_acc;
     for (auto* s : sinks) s->on_step(r);
 
     if (o.eval_every() > 0 && step % o.eval_every() == 0 && step != o.steps()) emit_eval(step);
-    if (o.stop_at_target() && summary.steps_to_target) break;
+    if (world == 1) stop_now = stop_requested();  // (ranks use the value they agreed on above)
+    if (stop_now) {
+      summary.status = "interrupted";
+      if (!o.checkpoint_path().empty()) write_checkpoint();
+      break;
+    }
+    if (o.checkpoint_every() > 0 && step % o.checkpoint_every() == 0 && step != o.steps()) write_checkpoint();
+    if (o.stop_at_target() && loop.steps_to_target) break;
   }
+  summary.steps_run = loop.step;
+  summary.steps_to_target = loop.steps_to_target;
+  summary.final_train_window_acc = loop.final_train_window_acc;
   if (comm != nullptr) summary.comm_seconds = comm->blocked_seconds() - comm_start - eval_comm_seconds;
   if (summary.status == "completed" && o.final_eval()) {
     summary.final_eval = emit_eval(summary.steps_run);
@@ -375,9 +561,11 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
       const auto t0 = Clock::now();
       summary.final_test = evaluate(model, data.test, stats, o.eval_batch_size(), o.channels_last(), comm);
       summary.final_test->step = summary.steps_run;
-      summary.eval_seconds += seconds_since(t0);
+      loop.eval_seconds += seconds_since(t0);
     }
   }
+  summary.train_seconds = loop.train_seconds;
+  summary.eval_seconds = loop.eval_seconds;
   summary.wall_seconds = seconds_since(start);
   return summary;
 }

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <future>
 #include <random>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -51,6 +52,14 @@ struct BatcherOptions {
 torch::Tensor random_crop(const torch::Tensor& images, int64_t padding, const std::vector<int64_t>& dy,
                           const std::vector<int64_t>& dx);
 
+/// Where a TrainBatcher stands after the batches it handed out (for checkpoints).
+struct BatcherState {
+  std::string rng;             // std::mt19937_64 state, as its operator<< writes it
+  std::vector<int64_t> order;  // this epoch's order
+  int64_t cursor = 0;          // next position in `order`
+  int64_t epoch = 0;
+};
+
 /// Yields normalized training batches forever, reshuffling at every epoch.
 /// Incomplete tail batches are dropped so every step sees `batch_size` images.
 class TrainBatcher {
@@ -64,10 +73,19 @@ class TrainBatcher {
   Batch next();
   /// Epochs completed by the batches handed out so far.
   int64_t epoch() const { return epoch_; }
+  /// The state after the batches handed out so far (a batch being prefetched is not
+  /// counted): restore() of it makes the next batches those that would have followed.
+  const BatcherState& state() const { return handed_; }
+  /// Continues from `state` (same data, batch size and options); drops a prefetched batch.
+  void restore(const BatcherState& state);
 
  private:
+  struct Made {
+    Batch batch;
+    BatcherState after;  // the state right after this batch was made
+  };
   void reshuffle();
-  Batch make_batch();  // draws from rng_; only ever runs on one thread at a time
+  Made make_batch();  // draws from rng_; only ever runs on one thread at a time
 
 
   const Dataset& data_;
@@ -78,7 +96,8 @@ class TrainBatcher {
   size_t cursor_ = 0;
   int64_t epoch_ = 0;       // of the batches handed out
   int64_t made_epoch_ = 0;  // of the batches made (one ahead with prefetching)
-  std::future<Batch> pending_;
+  std::future<Made> pending_;
+  BatcherState handed_;
 };
 
 /// Calibration images for data-dependent initializations: `next(n)` returns n

@@ -3,7 +3,8 @@
 //
 // The run directory holds config.json (every resolved option and versions),
 // metrics.csv (one row per step, written as training goes), summary.json and
-// model.pt (loadable with torch::load into the same model).
+// model.pt (loadable with torch::load into the same model), and checkpoint.pt when
+// checkpoints were asked for or the run was interrupted (SIGINT / SIGTERM).
 
 #include <liondg/data/dataset.h>
 #include <liondg/init/plan.h>
@@ -35,6 +36,8 @@ struct RunConfig {
   int threads = 0;                   // intra-op threads; 0 = all cores
   bool save_model = true;
   bool overwrite = false;            // allow reusing a directory that holds a finished run
+  int64_t checkpoint_every = 0;      // OUT/checkpoint.pt every N steps (0 = only when interrupted)
+  bool resume = false;               // continue the unfinished run in out_dir from its checkpoint
   std::FILE* progress = nullptr;     // progress output (nullptr = silent)
   bool progress_interactive = false;
 };

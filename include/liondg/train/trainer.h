@@ -78,6 +78,15 @@ struct TrainOptions {
   TORCH_ARG(bool, sync_batch_norm) = false;
   /// Gradient all-reduce bucket size in bytes.
   TORCH_ARG(int64_t, bucket_bytes) = 256 * 1024;
+  /// Checkpoint file: written every `checkpoint_every` steps (0 = never) and when a
+  /// stop is requested (request_stop()). "" = no checkpoints. Written atomically
+  /// (temporary file, fsync, rename); with data parallelism by rank 0 only.
+  TORCH_ARG(std::string, checkpoint_path) = "";
+  TORCH_ARG(int64_t, checkpoint_every) = 0;
+  /// Continue from this checkpoint ("" = start at step 1): model, optimizer, data
+  /// order and augmentation generator, target window and timings are restored, so the
+  /// remaining steps record exactly what an uninterrupted run records.
+  TORCH_ARG(std::string, resume_from) = "";
 };
 
 /// What one training step records. Gradient fields are NaN on steps without diagnostics.
@@ -106,8 +115,10 @@ struct EvalRecord {
 };
 
 struct TrainSummary {
-  std::string status = "completed";  // completed | diverged
+  std::string status = "completed";  // completed | diverged | interrupted
   std::string diverged_reason;       // which loss / gradient was not finite, at which step
+  int64_t resumed_from_step = 0;     // the checkpoint's step when resumed, else 0
+  std::string checkpoint;            // the last checkpoint written ("" = none)
   int64_t steps_run = 0;
   std::optional<int64_t> steps_to_target;
   EvalRecord final_eval;  // on data.eval_split(): the held-out split if any, else test
@@ -127,7 +138,21 @@ class RecordSink {
   virtual ~RecordSink() = default;
   virtual void on_step(const StepRecord& /*record*/) {}
   virtual void on_eval(const EvalRecord& /*record*/) {}
+  /// A checkpoint after `step` is about to be written: everything recorded up to it
+  /// must be durable (a resumed run continues from there).
+  virtual void on_checkpoint(int64_t /*step*/) {}
 };
+
+/// Asks a running train() to stop at the next step boundary, write a checkpoint (if
+/// it has a checkpoint path) and return with status "interrupted". Async-signal-safe:
+/// meant for SIGINT / SIGTERM handlers.
+void request_stop();
+bool stop_requested();
+void clear_stop_request();
+
+/// The step a checkpoint file was written after. Throws DataError naming the file
+/// when it is missing or not a liondg checkpoint.
+int64_t checkpoint_step(const std::string& path);
 
 /// The paper's objective on one batch: cross-entropy of every head.
 struct Losses {
