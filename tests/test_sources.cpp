@@ -393,6 +393,38 @@ TEST(Cache, RoundTripsAndIsRebuiltWhenTheSourceChangesOrIsCorrupt) {
   EXPECT_TRUE(torch::equal(dir_changed.test.images[2], chw(pattern(8, 8, 3, 42))));
 }
 
+TEST(Cache, EmptySplitsAndHostileHeadersAreHandled) {
+  // A source with an empty test split round-trips (the checksum once skipped empty tensors wrongly).
+  TempDir dir;
+  DataSource src = testing::tiny_data(/*seed=*/1, /*classes=*/3, /*size=*/4, /*train=*/600, /*test=*/3);
+  // Fresh empty tensors (null data pointers, as a reader of an empty file makes them).
+  src.test.images = torch::empty({0, 3, 4, 4}, torch::kUInt8);
+  src.test.labels = torch::empty({0}, torch::kInt64);
+  const std::string file = dir.file("c.ldgcache");
+  write_cache(file, "key", src);
+  std::string why;
+  const auto back = read_cache(file, "key", &why);
+  ASSERT_TRUE(back.has_value()) << why;
+  EXPECT_EQ(back->test.size(), 0);
+  EXPECT_TRUE(torch::equal(back->train.images, src.train.images));
+  // Header fields that are floats or negative: rejected, never cast (UBSan in CI would
+  // report a float-to-integer cast). Same-length edits, so the header stays parseable.
+  const std::string payload = "\"payload_bytes\":" + std::to_string(600 * 3 * 16 + 600 * 8);  // 33600
+  const std::vector<std::pair<std::string, std::string>> edits{{payload, "\"payload_bytes\":1e300"},
+                                                               {"\"count\":600", "\"count\":9e9"},
+                                                               {"\"count\":600", "\"count\":-1 "}};
+  for (const auto& [from, to] : edits) {
+    std::ifstream in(file, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const size_t at = bytes.find(from);
+    ASSERT_NE(at, std::string::npos) << from;
+    ASSERT_EQ(from.size(), to.size());
+    bytes.replace(at, from.size(), to);
+    write_bytes(dir.file("h.ldgcache"), std::vector<uint8_t>(bytes.begin(), bytes.end()));
+    EXPECT_FALSE(read_cache(dir.file("h.ldgcache"), "key", &why).has_value()) << to;
+  }
+}
+
 TEST(Cache, UnwritableCacheDirectoryOnlyWarns) {
   TempDir dir;
   write_archive(dir.file("d.zip"), make_folder(kClasses, 1, ".png").files, "zip");
