@@ -245,13 +245,17 @@ void broadcast_tensors_(Communicator& comm, const std::vector<torch::Tensor>& te
   }
 }
 
-void average_values_(Communicator& comm, std::vector<double>& values) {
+void sum_values_(Communicator& comm, std::vector<double>& values) {
   if (values.empty()) return;
   torch::Tensor t = torch::from_blob(values.data(), {static_cast<int64_t>(values.size())}, torch::kFloat64).clone();
   comm.all_reduce_sum_(t);
-  t.div_(static_cast<double>(comm.world_size()));
   const double* p = t.data_ptr<double>();
   for (size_t i = 0; i < values.size(); ++i) values[i] = p[i];
+}
+
+void average_values_(Communicator& comm, std::vector<double>& values) {
+  sum_values_(comm, values);
+  for (double& v : values) v /= static_cast<double>(comm.world_size());
 }
 
 GradientReducer::GradientReducer(std::vector<torch::Tensor> parameters, std::shared_ptr<Communicator> comm,

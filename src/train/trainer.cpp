@@ -329,10 +329,10 @@ EvalRecord evaluate(DSModelImpl& model, const Dataset& split, const ChannelStats
   if (world > 1) {
     std::vector<double> sums{static_cast<double>(main_correct), main_loss_sum};
     for (int64_t c : aux_correct) sums.push_back(static_cast<double>(c));
-    average_values_(*comm, sums);  // means over ranks; times W = sums
-    main_correct = std::llround(sums[0] * static_cast<double>(world));
-    main_loss_sum = sums[1] * static_cast<double>(world);
-    for (size_t k = 0; k < aux_correct.size(); ++k) aux_correct[k] = std::llround(sums[2 + k] * static_cast<double>(world));
+    sum_values_(*comm, sums);
+    main_correct = std::llround(sums[0]);
+    main_loss_sum = sums[1];
+    for (size_t k = 0; k < aux_correct.size(); ++k) aux_correct[k] = std::llround(sums[2 + k]);
   }
   const double n = std::max<double>(1.0, static_cast<double>(split.size()));
   rec.main_acc = static_cast<double>(main_correct) / n;

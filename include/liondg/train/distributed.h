@@ -98,6 +98,8 @@ std::shared_ptr<Communicator> connect(const DistributedEnv& env, const Communica
 /// per dtype; any memory format).
 void broadcast_tensors_(Communicator& comm, const std::vector<torch::Tensor>& tensors, int64_t root = 0);
 
+/// Replaces each of `values` by its sum over ranks (one all-reduce in double).
+void sum_values_(Communicator& comm, std::vector<double>& values);
 /// Replaces each of `values` by its mean over ranks (one all-reduce in double).
 void average_values_(Communicator& comm, std::vector<double>& values);
 
