@@ -48,6 +48,20 @@ expect_exit 2 "aux head after block 3" -- "$LIONDG" train "${TINY[@]}" --aux-aft
 expect_exit 2 "exceeds the training split" -- "$LIONDG" train "${TINY_DATA[@]}" --quiet --batch-size 500 --out "$TMP/bad-bs"
 expect_exit 2 "--batch-size" -- "$LIONDG" train "${TINY[@]}" --batch-size 32 --out "$TMP/twice"
 
+# --device: a bad name is a usage error; CUDA on a CPU-only build says so (exit 2)
+expect_exit 2 "--device: expected cpu, cuda or cuda:N, got 'tpu'" -- "$LIONDG" train "${TINY[@]}" --device tpu --out "$TMP/dev"
+expect_exit 2 "--device" -- "$LIONDG" grid --preset smoke --device gpu --out "$TMP/devgrid"
+if ! "$LIONDG" bench step --model resnet-ds --device cuda --steps 1 >/dev/null 2>&1; then
+  expect_exit 2 "no CUDA device is available" -- "$LIONDG" train "${TINY[@]}" --steps 2 --device cuda --out "$TMP/cuda"
+fi
+# The resident loop on the CPU: a run like any other, recorded as such in config.json
+expect_exit 0 "status: completed" -- "$LIONDG" train "${TINY[@]}" --steps 6 --eval-every 3 --resident --sync-every 4 --out "$TMP/resident"
+if grep -q '"resident": true' "$TMP/resident/config.json" && [[ $(wc -l < "$TMP/resident/metrics.csv") -eq 7 ]]; then
+  pass=$((pass + 1))
+else
+  echo "FAIL: resident run: config.json lacks resident or metrics.csv has not 6 steps"; fail=$((fail + 1))
+fi
+
 # runtime errors: exit 1, message names the file or directory
 expect_exit 1 "/nonexistent/fmnist" -- "$LIONDG" train --data /nonexistent/fmnist --out "$TMP/x"
 mkdir -p "$TMP/badidx"

@@ -21,4 +21,15 @@ void expect_data_error(Fn fn, const std::vector<std::string>& needles) {
   }
 }
 
+/// Expects `fn` to throw an E whose message contains every one of `needles`.
+template <typename E, typename Fn>
+void expect_throws(Fn fn, const std::vector<std::string>& needles) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected an exception containing '" << (needles.empty() ? "" : needles.front()) << "'";
+  } catch (const E& e) {
+    for (const auto& n : needles) EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace liondg::testing

@@ -35,6 +35,10 @@ void add_bench_options(CLI::App& cmd, BenchArgs& a) {
   cmd.add_option("--num-classes", a.options.num_classes(), "Classes")
       ->check(CLI::Range(int64_t{2}, int64_t{100000}))
       ->capture_default_str();
+  cmd.add_option("--device", a.options.device(),
+                 "cpu, or cuda[:N]: the resident loop's step (device data, CUDA graph), synchronized every step")
+      ->check(device_validator())
+      ->capture_default_str();
   cmd.add_flag("--json", a.json, "Print JSON");
 }
 
@@ -42,13 +46,13 @@ void report(const std::string& what, const BenchArgs& a, const BenchResult& r) {
   if (a.json) {
     nlohmann::json j{{"model", a.spec.name},   {"batch_size", a.options.batch_size()}, {"threads", r.threads},
                      {"median_s", r.median_s}, {"min_s", r.min_s},                     {"steps", a.options.steps()},
-                     {"seconds", r.seconds}};
+                     {"seconds", r.seconds},  {"device", a.options.device()}};
     if (what == "eval") j["images_per_s"] = static_cast<double>(a.options.batch_size()) / r.median_s;
     std::cout << j.dump() << "\n";
     return;
   }
-  std::cout << what << " " << a.spec.name << " batch " << a.options.batch_size() << ", " << r.threads
-            << " threads: median " << r.median_s << " s, min " << r.min_s << " s over " << a.options.steps()
+  std::cout << what << " " << a.spec.name << " batch " << a.options.batch_size() << " on " << a.options.device()
+            << ", " << r.threads << " threads: median " << r.median_s << " s, min " << r.min_s << " s over " << a.options.steps()
             << " timed iterations";
   if (what == "eval") std::cout << " (" << static_cast<double>(a.options.batch_size()) / r.median_s << " images/s)";
   std::cout << "\n";

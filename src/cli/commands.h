@@ -29,6 +29,9 @@ void add_launch_command(CLI::App& app, int& status);
 /// "-1" to 2^64 - 1 and saturate larger values.)
 CLI::Validator seed_validator();
 
+/// A validator for --device: "cpu", "cuda" or "cuda:N".
+CLI::Validator device_validator();
+
 /// Registers the model-shape options shared by every command that builds a model.
 void add_model_options(CLI::App& cmd, ModelSpec& spec);
 

@@ -18,6 +18,7 @@ void add_grid_commands(CLI::App& app, int& status) {
       std::string preset, config, out, shard = "1/1";
       std::vector<std::string> data;
       int jobs = 1;
+      std::string device = "cpu";
       bool dry_run = false, quiet = false, no_report = false, no_estimate = false;
     };
     auto a = std::make_shared<Args>();
@@ -29,6 +30,10 @@ void add_grid_commands(CLI::App& app, int& status) {
     cmd->add_option("--out", a->out, "Grid directory (default: grids/<name>)");
     cmd->add_option("--jobs", a->jobs, "Parallel worker processes (each gets cores/jobs threads)")
         ->check(CLI::Range(1, 256))
+        ->capture_default_str();
+    cmd->add_option("--device", a->device,
+                    "Where cells train: cpu, cuda or cuda:N (with --jobs N, N runs share the GPU concurrently)")
+        ->check(device_validator())
         ->capture_default_str();
     cmd->add_option("--shard", a->shard, "Run shard I of N (1-based), e.g. 3/8")->capture_default_str();
     cmd->add_flag("--dry-run", a->dry_run, "List the cells and a measured time estimate; run nothing");
@@ -77,6 +82,7 @@ void add_grid_commands(CLI::App& app, int& status) {
       GridOptions o;
       o.out_dir = a->out.empty() ? "grids/" + spec.name : a->out;
       o.jobs = a->jobs;
+      o.device = a->device;
       std::tie(o.shard_index, o.shard_count) = parse_shard(a->shard);
       o.dry_run = a->dry_run;
       o.estimate = !a->no_estimate;
@@ -106,11 +112,13 @@ void add_grid_commands(CLI::App& app, int& status) {
     auto dir = std::make_shared<std::string>();
     auto key = std::make_shared<std::string>();
     auto threads = std::make_shared<int>(0);
+    auto device = std::make_shared<std::string>("cpu");
     cmd->add_option("dir", *dir, "Grid directory")->required();
     cmd->add_option("key", *key, "Cell key")->required();
     cmd->add_option("--threads", *threads, "Threads")->check(CLI::NonNegativeNumber);
-    cmd->callback([dir, key, threads, &status]() {
-      const CellResult r = run_grid_cell(*dir, *key, *threads);
+    cmd->add_option("--device", *device, "Device");
+    cmd->callback([dir, key, threads, device, &status]() {
+      const CellResult r = run_grid_cell(*dir, *key, *threads, *device);
       std::cout << r.key << ": " << r.status << "\n";
       status = r.status == "completed" ? kExitOk : kExitDiverged;
     });

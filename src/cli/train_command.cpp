@@ -31,6 +31,19 @@ CLI::Validator seed_validator() {
       "SEED");
 }
 
+CLI::Validator device_validator() {
+  return CLI::Validator(
+      [](std::string& v) -> std::string {
+        if (v == "cpu" || v == "cuda") return "";
+        if (v.rfind("cuda:", 0) == 0 && v.size() > 5 && v.size() <= 8 &&
+            v.find_first_not_of("0123456789", 5) == std::string::npos) {
+          return "";
+        }
+        return "expected cpu, cuda or cuda:N, got '" + v + "'";
+      },
+      "DEVICE");
+}
+
 void add_model_options(CLI::App& cmd, ModelSpec& spec) {
   cmd.add_option("--model", spec.name, "Model architecture")
       ->check(CLI::IsMember(model_names()))
@@ -204,6 +217,19 @@ void add_train_command(CLI::App& app, int& status) {
                 "Prepare batches on the training thread (the same batches; for timing comparisons)");
   cmd->add_flag("--no-fused", [opts](int64_t) { opts->fused(false); },
                 "Layer-by-layer dense blocks instead of the fused block (equal within float rounding; slower)");
+  cmd->add_option("--device", opts->device(),
+                  "cpu, cuda or cuda:N: on a GPU the training split, augmentation, step and records stay on the "
+                  "device and the step is replayed as a CUDA graph (docs/gpu.md)")
+      ->check(device_validator())
+      ->capture_default_str();
+  cmd->add_flag("--resident", opts->resident(),
+                "The device-resident loop on the CPU too (flat optimizer, records read every --sync-every steps)");
+  cmd->add_flag("--no-cuda-graph", [opts](int64_t) { opts->cuda_graph(false); },
+                "On a GPU: launch the step's kernels one by one instead of replaying a CUDA graph");
+  cmd->add_option("--sync-every", opts->sync_every(),
+                  "Resident loop: read step records back every N steps (and at validation, checkpoints, the end)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   cmd->add_flag("--no-channels-last", [opts](int64_t) { opts->channels_last(false); },
                 "NCHW activations instead of channels-last (equal within float rounding; slower on oneDNN CPUs)");
   cmd->add_option("--val-split", config->val_split,

@@ -45,8 +45,10 @@ torch::Tensor normalize(const torch::Tensor& images, const ChannelStats& stats) 
   const auto channels = static_cast<int64_t>(stats.mean.size());
   TORCH_CHECK_VALUE(images.dim() == 4 && images.size(1) == channels, "normalize: expected (N,", channels,
                     ",H,W) images, got ", images.sizes());
-  torch::Tensor mean = torch::tensor(stats.mean, torch::kFloat64).to(torch::kFloat32).view({1, channels, 1, 1});
-  torch::Tensor std = torch::tensor(stats.std, torch::kFloat64).to(torch::kFloat32).view({1, channels, 1, 1});
+  torch::Tensor mean =
+      torch::tensor(stats.mean, torch::kFloat64).to(images.device(), torch::kFloat32).view({1, channels, 1, 1});
+  torch::Tensor std =
+      torch::tensor(stats.std, torch::kFloat64).to(images.device(), torch::kFloat32).view({1, channels, 1, 1});
   return (images.to(torch::kFloat32).div_(255.0f) - mean).div_(std);
 }
 
@@ -154,7 +156,7 @@ void TrainBatcher::restore(const BatcherState& state) {
   handed_ = state;
 }
 
-TrainBatcher::Made TrainBatcher::make_batch() {
+BatchPlan TrainBatcher::draw(BatcherState& after) {
   const auto batch = static_cast<size_t>(options_.batch_size);
   if (cursor_ + batch > order_.size()) {
     ++made_epoch_;
@@ -164,9 +166,9 @@ TrainBatcher::Made TrainBatcher::make_batch() {
   // so every shard sees the augmentation one process would apply.
   const int64_t rows = options_.batch_size / options_.shard_count;
   const auto first = static_cast<size_t>(options_.shard_rank * rows);
-  torch::Tensor index = torch::from_blob(order_.data() + cursor_ + first, {rows}, torch::kInt64).clone();
+  BatchPlan plan;
+  plan.index = torch::from_blob(order_.data() + cursor_ + first, {rows}, torch::kInt64).clone();
   cursor_ += batch;
-  torch::Tensor raw = data_.images.index_select(0, index);
   if (options_.crop_padding > 0) {
     const uint64_t span = static_cast<uint64_t>(2 * options_.crop_padding + 1);
     std::vector<int64_t> dy(batch), dx(batch);
@@ -174,23 +176,75 @@ TrainBatcher::Made TrainBatcher::make_batch() {
       dy[i] = static_cast<int64_t>(rng_() % span);
       dx[i] = static_cast<int64_t>(rng_() % span);
     }
-    raw = random_crop(raw, options_.crop_padding, std::vector<int64_t>(dy.begin() + first, dy.begin() + first + rows),
-                      std::vector<int64_t>(dx.begin() + first, dx.begin() + first + rows));
+    plan.dy.assign(dy.begin() + first, dy.begin() + first + rows);
+    plan.dx.assign(dx.begin() + first, dx.begin() + first + rows);
   }
-  torch::Tensor images = normalize(raw, stats_);
   if (options_.hflip) {
     std::vector<uint8_t> flip(batch);
     for (auto& f : flip) f = static_cast<uint8_t>(rng_() & 1u);
-    torch::Tensor mask = torch::from_blob(flip.data() + first, {rows, 1, 1, 1}, torch::kUInt8).to(torch::kBool);
+    plan.flip.assign(flip.begin() + first, flip.begin() + first + rows);
+  }
+  std::ostringstream rng_state;
+  rng_state << rng_;
+  after = {rng_state.str(), order_, static_cast<int64_t>(cursor_), made_epoch_};
+  return plan;
+}
+
+BatchPlan TrainBatcher::next_plan() {
+  TORCH_CHECK_VALUE(!options_.prefetch, "TrainBatcher::next_plan needs prefetch off");
+  BatcherState after;
+  BatchPlan plan = draw(after);
+  handed_ = std::move(after);
+  epoch_ = handed_.epoch;
+  return plan;
+}
+
+TrainBatcher::Made TrainBatcher::make_batch() {
+  Made m;
+  BatchPlan plan = draw(m.after);
+  const auto rows = plan.index.size(0);
+  torch::Tensor raw = data_.images.index_select(0, plan.index);
+  if (!plan.dy.empty()) raw = random_crop(raw, options_.crop_padding, plan.dy, plan.dx);
+  torch::Tensor images = normalize(raw, stats_);
+  if (!plan.flip.empty()) {
+    torch::Tensor mask = torch::from_blob(plan.flip.data(), {rows, 1, 1, 1}, torch::kUInt8).to(torch::kBool);
     images = torch::where(mask, images.flip(/*dims=*/{3}), images);
   }
   if (options_.channels_last) images = images.contiguous(torch::MemoryFormat::ChannelsLast);
-  Made m;
-  m.batch = {images, data_.labels.index_select(0, index)};
-  std::ostringstream rng_state;
-  rng_state << rng_;
-  m.after = {rng_state.str(), order_, static_cast<int64_t>(cursor_), made_epoch_};
+  m.batch = {images, data_.labels.index_select(0, plan.index)};
   return m;
+}
+
+torch::Tensor augment_batch(const torch::Tensor& images, const torch::Tensor& index, const torch::Tensor& dy,
+                            const torch::Tensor& dx, const torch::Tensor& flip, int64_t padding,
+                            const torch::Tensor& mean, const torch::Tensor& std) {
+  TORCH_CHECK_VALUE(images.dim() == 4 && images.scalar_type() == torch::kUInt8,
+                    "augment_batch: expected uint8 (N,C,H,W) images, got ", images.sizes(), " ", images.dtype());
+  const bool crop = dy.defined() && padding > 0;
+  torch::Tensor x = images.index_select(0, index);  // (B,C,H,W) uint8
+  if (!crop && !flip.defined()) return (x.to(torch::kFloat32).div_(255.0f) - mean).div_(std);
+  const int64_t b = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  const auto iopt = index.options();
+  // Source row / column of every output pixel: (B,H) and (B,W).
+  torch::Tensor rows = torch::arange(h, iopt).view({1, h}).expand({b, h});
+  torch::Tensor cols = torch::arange(w, iopt).view({1, w}).expand({b, w});
+  if (crop) {
+    rows = rows + (dy.view({b, 1}) - padding);
+    cols = cols + (dx.view({b, 1}) - padding);
+  }
+  if (flip.defined()) cols = torch::where(flip.view({b, 1}), cols.flip(/*dims=*/{1}), cols);
+  torch::Tensor inside;
+  if (crop) {
+    inside = rows.ge(0).logical_and(rows.lt(h)).view({b, 1, h, 1}).logical_and(
+        cols.ge(0).logical_and(cols.lt(w)).view({b, 1, 1, w}));
+    rows = rows.clamp(0, h - 1);
+    cols = cols.clamp(0, w - 1);
+  }
+  x = x.gather(/*dim=*/3, cols.reshape({b, 1, 1, w}).expand({b, c, h, w}))
+          .gather(/*dim=*/2, rows.reshape({b, 1, h, 1}).expand({b, c, h, w}));
+  torch::Tensor xf = x.to(torch::kFloat32);
+  if (crop) xf = xf * inside;  // the zero padding, before normalization (as torchvision)
+  return (xf.div_(255.0f) - mean).div_(std);
 }
 
 }  // namespace liondg

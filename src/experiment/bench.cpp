@@ -45,9 +45,39 @@ torch::Tensor bench_images(const BenchOptions& o, const TrainOptions& train) {
   return train.channels_last() ? images.contiguous(torch::MemoryFormat::ChannelsLast) : images;
 }
 
+// On a device: train() itself (the resident loop) on random images, one record
+// read-back per step. The eager steps before the CUDA graph capture and the
+// capturing step come on top of --warmup and are never timed.
+BenchResult bench_device_step(const ModelSpec& spec, const BenchOptions& o) {
+  std::shared_ptr<DSModelImpl> model = bench_model(spec, o, TrainOptions().channels_last(false));
+  DataSource data;
+  data.name = data.format = "synthetic";
+  const int64_t n = 4 * o.batch_size();
+  data.train.images = torch::randint(256, {n, o.channels(), o.image_size(), o.image_size()}, torch::kUInt8);
+  data.train.labels = torch::randint(o.num_classes(), {n}, torch::kInt64);
+  data.test = data.train;
+  struct Timer final : RecordSink {
+    std::vector<double> seconds;
+    void on_step(const StepRecord& r) override { seconds.push_back(r.seconds); }
+  } timer;
+  const int64_t untimed = kGraphWarmupSteps + 1 + o.warmup();
+  const TrainOptions t = TrainOptions()
+                             .device(o.device())
+                             .batch_size(o.batch_size())
+                             .steps(untimed + o.steps())
+                             .grad_every(0)
+                             .eval_every(0)
+                             .final_eval(false)
+                             .sync_every(1);
+  train(*model, data, t, {&timer});
+  TORCH_CHECK(static_cast<int64_t>(timer.seconds.size()) == untimed + o.steps(), "bench: the run stopped early");
+  return summarize(std::vector<double>(timer.seconds.begin() + untimed, timer.seconds.end()));
+}
+
 }  // namespace
 
 BenchResult bench_train_step(const ModelSpec& spec, const BenchOptions& o) {
+  if (torch::Device(o.device()).type() != torch::kCPU) return bench_device_step(spec, o);
   const TrainOptions train;  // the paper's AdamW and train()'s defaults
   std::shared_ptr<DSModelImpl> model = bench_model(spec, o, train);
   std::unique_ptr<torch::optim::Optimizer> optimizer = make_optimizer(*model, train);
@@ -71,9 +101,11 @@ BenchResult bench_train_step(const ModelSpec& spec, const BenchOptions& o) {
 }
 
 BenchResult bench_eval(const ModelSpec& spec, const BenchOptions& o) {
-  const TrainOptions train;
+  const torch::Device device(o.device());
+  const TrainOptions train = TrainOptions().channels_last(device.is_cpu());
   std::shared_ptr<DSModelImpl> model = bench_model(spec, o, train);
-  const torch::Tensor images = bench_images(o, train);
+  model->to(device);
+  const torch::Tensor images = bench_images(o, train).to(device);
   model->eval();
   std::vector<double> seconds;
   torch::InferenceMode inference;

@@ -471,7 +471,7 @@ void append_result(const std::string& path, const std::string& json_line) {
 // grid loses at most this many steps of each running cell.
 constexpr int64_t kCellCheckpointEvery = 250;
 
-CellResult run_grid_cell(const std::string& grid_dir, const std::string& key, int threads) {
+CellResult run_grid_cell(const std::string& grid_dir, const std::string& key, int threads, const std::string& device) {
   const GridSpec spec = grid_from_json(read_text(join_path(grid_dir, "grid.json")), "'" + grid_dir + "/grid.json'");
   const std::vector<GridCell> cells = expand_grid(spec);
   auto it = std::find_if(cells.begin(), cells.end(), [&](const GridCell& c) { return c.key == key; });
@@ -480,6 +480,7 @@ CellResult run_grid_cell(const std::string& grid_dir, const std::string& key, in
   c.out_dir = join_path(grid_dir, c.out_dir);
   c.overwrite = true;  // an unfinished cell's directory is redone
   c.threads = threads;
+  c.train.device(device);
   Json line{{"key", key}, {"dataset", it->dataset}, {"model", it->model}, {"init", it->init},
             {"seed", it->seed}, {"sweep", it->sweep}, {"run_dir", it->config.out_dir}};
   // A cell whose run finished but whose result line was lost (the grid was killed
@@ -590,8 +591,9 @@ int64_t run_grid(const GridSpec& spec, const GridOptions& o) {
   if (o.dry_run) {
     double total = 0;
     std::map<std::string, StepProbe> probes;
+    const bool estimate = o.estimate && o.device == "cpu";  // the probes time CPU steps
     for (const auto& cell : cells) {
-      if (!o.estimate) {
+      if (!estimate) {
         std::cout << cell.key << "\n";
         continue;
       }
@@ -602,7 +604,7 @@ int64_t run_grid(const GridSpec& spec, const GridOptions& o) {
       std::cout << cell.key << "  ~" << static_cast<int64_t>(seconds + 0.5) << " s\n";
     }
     std::cout << cells.size() << " cells (shard " << o.shard_index + 1 << "/" << o.shard_count << " of " << all.size() << ")";
-    if (o.estimate) {
+    if (estimate) {
       std::cout << ", estimated " << static_cast<int64_t>(total / o.jobs + 0.5) << " s with " << o.jobs << " job(s) of "
                 << threads << " thread(s) (timed probe steps of each model on this machine; data loading not included)";
     }
@@ -657,7 +659,8 @@ int64_t run_grid(const GridSpec& spec, const GridOptions& o) {
       posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
       const std::string threads_arg = std::to_string(threads);
-      std::vector<std::string> args{"liondg", "grid-worker", o.out_dir, cell->key, "--threads", threads_arg};
+      std::vector<std::string> args{"liondg",      "grid-worker", o.out_dir, cell->key, "--threads",
+                                    threads_arg, "--device",    o.device};
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);

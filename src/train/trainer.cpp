@@ -6,6 +6,8 @@
 #include <liondg/train/trainer.h>
 #include <liondg/util/fs.h>
 
+#include "loop.h"
+
 #include <torch/autograd.h>
 #include <torch/nn/functional/loss.h>
 #include <torch/optim/adamw.h>
@@ -23,12 +25,6 @@
 
 namespace liondg {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
 
 // logits (N,K), labels (N) -> fraction of correct argmax predictions
 double accuracy(const torch::Tensor& logits, const torch::Tensor& labels) {
@@ -49,14 +45,6 @@ double max_abs(const std::vector<torch::Tensor>& grads) {
     if (g.defined() && g.numel() > 0) m = std::max(m, g.abs().max().item<double>());
   }
   return m;
-}
-
-// Gradients of `loss` w.r.t. `params`, keeping the graph; unused parameters get
-// an undefined tensor (treated as zero).
-std::vector<torch::Tensor> grads_of(const torch::Tensor& loss, const std::vector<torch::Tensor>& params) {
-  if (params.empty() || !loss.requires_grad()) return std::vector<torch::Tensor>(params.size());
-  return torch::autograd::grad({loss}, params, /*grad_outputs=*/{}, /*retain_graph=*/true,
-                               /*create_graph=*/false, /*allow_unused=*/true);
 }
 
 // Replaces `grads` by their mean over ranks (undefined = zero), one all-reduce.
@@ -82,32 +70,26 @@ std::atomic<bool> g_stop_requested{false};
 
 constexpr int64_t kCheckpointVersion = 1;
 
-// What the training loop carries from step to step besides model, optimizer and batcher.
-struct LoopState {
-  int64_t step = 0;  // steps completed
-  std::deque<double> window;
-  double window_sum = 0;
-  std::optional<int64_t> steps_to_target;
-  double final_train_window_acc = 0;
-  double train_seconds = 0;
-  double eval_seconds = 0;
-};
-
 c10::IValue read_value(torch::serialize::InputArchive& archive, const std::string& key, const std::string& path) {
   c10::IValue v;
   if (!archive.try_read(key, v)) throw DataError("checkpoint '" + path + "' lacks '" + key + "'");
   return v;
 }
 
-// One file: model, optimizer, batcher and loop state, plus what must match on resume.
-void save_checkpoint(const std::string& path, DSModelImpl& model, torch::optim::Optimizer& optimizer,
-                     const BatcherState& batcher, const LoopState& loop, const TrainOptions& o) {
+}  // namespace
+
+namespace detail {
+
+void save_checkpoint(const std::string& path, DSModelImpl& model, const SaveOptimizer& save_optimizer,
+                     const std::string& layout, const BatcherState& batcher, const LoopState& loop,
+                     const TrainOptions& o) {
   torch::serialize::OutputArchive archive, model_archive, optimizer_archive;
   model.save(model_archive);
-  optimizer.save(optimizer_archive);
+  save_optimizer(optimizer_archive);
   archive.write("model", model_archive);
   archive.write("optimizer", optimizer_archive);
   archive.write("liondg/version", c10::IValue(kCheckpointVersion));
+  archive.write("liondg/optimizer_layout", c10::IValue(layout));
   archive.write("liondg/step", c10::IValue(loop.step));
   archive.write("liondg/batch_size", c10::IValue(o.batch_size()));
   archive.write("liondg/seed", c10::IValue(static_cast<int64_t>(o.seed())));
@@ -127,6 +109,10 @@ void save_checkpoint(const std::string& path, DSModelImpl& model, torch::optim::
   write_file_atomic(path, bytes.str());  // temporary file, fsync, rename
 }
 
+}  // namespace detail
+
+namespace {
+
 torch::serialize::InputArchive open_checkpoint(const std::string& path) {
   if (!is_regular_file(path)) throw DataError("checkpoint '" + path + "' does not exist");
   torch::serialize::InputArchive archive;
@@ -144,9 +130,22 @@ torch::serialize::InputArchive open_checkpoint(const std::string& path) {
   return archive;
 }
 
-void load_checkpoint(const std::string& path, DSModelImpl& model, torch::optim::Optimizer& optimizer,
-                     TrainBatcher& batcher, LoopState& loop, const TrainOptions& o) {
+}  // namespace
+
+namespace detail {
+
+void load_checkpoint(const std::string& path, DSModelImpl& model, const LoadOptimizer& load_optimizer,
+                     const std::string& layout, TrainBatcher& batcher, LoopState& loop, const TrainOptions& o) {
   torch::serialize::InputArchive archive = open_checkpoint(path);
+  c10::IValue stored_layout;
+  const std::string found = archive.try_read("liondg/optimizer_layout", stored_layout) && stored_layout.isString()
+                                ? stored_layout.toStringRef()
+                                : std::string("torch");
+  if (found != layout) {
+    throw UsageError("checkpoint '" + path + "' was written by the " +
+                     (found == "flat" ? std::string("device-resident") : std::string("step-by-step CPU")) +
+                     " training loop; resume it with the same --device (and --resident) setting");
+  }
   const int64_t batch = read_value(archive, "liondg/batch_size", path).toInt();
   const int64_t seed = read_value(archive, "liondg/seed", path).toInt();
   if (batch != o.batch_size() || seed != static_cast<int64_t>(o.seed())) {
@@ -159,7 +158,7 @@ void load_checkpoint(const std::string& path, DSModelImpl& model, torch::optim::
     archive.read("model", model_archive);
     archive.read("optimizer", optimizer_archive);
     model.load(model_archive);
-    optimizer.load(optimizer_archive);
+    load_optimizer(optimizer_archive);
   } catch (const c10::Error& e) {
     throw DataError("checkpoint '" + path + "' does not fit this model or optimizer: " + e.what_without_backtrace());
   }
@@ -187,7 +186,6 @@ void load_checkpoint(const std::string& path, DSModelImpl& model, torch::optim::
   batcher.restore(b);
 }
 
-// "L_aux_1 = nan" for the first non-finite of the step's losses.
 std::string first_non_finite(const StepRecord& r) {
   std::ostringstream s;
   if (!std::isfinite(r.main_loss)) {
@@ -203,6 +201,47 @@ std::string first_non_finite(const StepRecord& r) {
   if (s.str().empty()) s << "total = " << r.loss;
   return s.str();
 }
+
+std::vector<torch::Tensor> grads_of(const torch::Tensor& loss, const std::vector<torch::Tensor>& params) {
+  if (params.empty() || !loss.requires_grad()) return std::vector<torch::Tensor>(params.size());
+  return torch::autograd::grad({loss}, params, /*grad_outputs=*/{}, /*retain_graph=*/true,
+                               /*create_graph=*/false, /*allow_unused=*/true);
+}
+
+void update_window(LoopState& loop, StepRecord& r, const TrainOptions& o) {
+  loop.window.push_back(r.main_acc);
+  loop.window_sum += r.main_acc;
+  if (static_cast<int64_t>(loop.window.size()) > o.target_window()) {
+    loop.window_sum -= loop.window.front();
+    loop.window.pop_front();
+  }
+  r.window_acc = loop.window_sum / static_cast<double>(loop.window.size());
+  if (!loop.steps_to_target && static_cast<int64_t>(loop.window.size()) == o.target_window() &&
+      r.window_acc >= o.target_acc()) {
+    loop.steps_to_target = r.step;
+  }
+}
+
+Dataset eval_split_of(const DataSource& data, const TrainOptions& o) {
+  TORCH_CHECK_VALUE(o.eval_limit() >= 0, "eval limit must be >= 0, got ", o.eval_limit());
+  Dataset eval_split = data.eval_split();
+  if (o.eval_limit() > 0 && o.eval_limit() < eval_split.size()) {
+    eval_split.images = eval_split.images.narrow(0, 0, o.eval_limit());
+    eval_split.labels = eval_split.labels.narrow(0, 0, o.eval_limit());
+    if (eval_split.coarse_labels.defined()) eval_split.coarse_labels = eval_split.coarse_labels.narrow(0, 0, o.eval_limit());
+  }
+  return eval_split;
+}
+
+}  // namespace detail
+
+namespace {
+
+using detail::Clock;
+using detail::first_non_finite;
+using detail::grads_of;
+using detail::LoopState;
+using detail::seconds_since;
 
 // Name of the first parameter whose gradient holds NaN or Inf, or "".
 std::string non_finite_gradient(DSModelImpl& model) {
@@ -306,26 +345,31 @@ EvalRecord evaluate(DSModelImpl& model, const Dataset& split, const ChannelStats
     end = split.size() * (comm->rank() + 1) / world;
   }
   EvalRecord rec;
-  int64_t main_correct = 0;
-  double main_loss_sum = 0.0;
-  std::vector<int64_t> aux_correct(static_cast<size_t>(model.num_aux_heads()), 0);
+  // Counts accumulate on the model's device: one synchronization per evaluation.
+  const torch::Device device = model.parameters().front().device();
+  torch::Tensor correct = torch::zeros({1 + model.num_aux_heads()}, torch::TensorOptions(device).dtype(torch::kInt64));
+  torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions(device).dtype(torch::kFloat64));
   {
     torch::InferenceMode guard;
     for (int64_t start = begin; start < end; start += batch_size) {
       const int64_t n = std::min(batch_size, end - start);
-      torch::Tensor x = normalize(split.images.narrow(0, start, n), stats);
+      torch::Tensor x = normalize(split.images.narrow(0, start, n).to(device), stats);
       if (channels_last) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
-      torch::Tensor y = split.labels.narrow(0, start, n);
+      torch::Tensor y = split.labels.narrow(0, start, n).to(device);
       DSOutput out = model.forward(x);
-      main_correct += out.logits.argmax(1).eq(y).sum().item<int64_t>();
-      main_loss_sum += torch::nn::functional::cross_entropy(
-                           out.logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
-                           .item<double>();
-      for (size_t k = 0; k < out.aux_logits.size(); ++k) {
-        aux_correct[k] += out.aux_logits[k].argmax(1).eq(y).sum().item<int64_t>();
-      }
+      std::vector<torch::Tensor> hits{out.logits.argmax(1).eq(y).sum()};
+      for (const auto& a : out.aux_logits) hits.push_back(a.argmax(1).eq(y).sum());
+      correct += torch::stack(hits);
+      loss_sum += torch::nn::functional::cross_entropy(
+                      out.logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                      .to(torch::kFloat64);
     }
   }
+  const torch::Tensor counts = correct.cpu();
+  int64_t main_correct = counts[0].item<int64_t>();
+  double main_loss_sum = loss_sum.item<double>();
+  std::vector<int64_t> aux_correct;
+  for (int64_t k = 0; k < model.num_aux_heads(); ++k) aux_correct.push_back(counts[1 + k].item<int64_t>());
   if (world > 1) {
     std::vector<double> sums{static_cast<double>(main_correct), main_loss_sum};
     for (int64_t c : aux_correct) sums.push_back(static_cast<double>(c));
@@ -370,6 +414,9 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
   TORCH_CHECK_VALUE(o.aux_warmup_steps() >= 0, "aux warmup steps must be >= 0, got ", o.aux_warmup_steps());
   TORCH_CHECK_VALUE(o.scalar_lr_mult() > 0, "scalar lr multiplier must be > 0, got ", o.scalar_lr_mult());
   TORCH_CHECK_VALUE(o.bucket_bytes() > 0, "gradient bucket size must be > 0 bytes, got ", o.bucket_bytes());
+  if (o.resident() || torch::Device(o.device()).type() != torch::kCPU) {
+    return detail::train_resident(model, data, o, sinks);
+  }
   const auto start = Clock::now();
   Communicator* comm = o.communicator().get();
   const int64_t world = comm != nullptr ? comm->world_size() : 1;
@@ -412,7 +459,9 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
 
   LoopState loop;
   if (!o.resume_from().empty()) {
-    load_checkpoint(o.resume_from(), model, *optimizer, batcher, loop, o);
+    detail::load_checkpoint(
+        o.resume_from(), model, [&](torch::serialize::InputArchive& a) { optimizer->load(a); }, "torch", batcher,
+        loop, o);
     if (o.channels_last()) to_channels_last_(model);  // the layout the run had
   }
   TrainSummary summary;
@@ -422,18 +471,14 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
   auto write_checkpoint = [&] {
     for (auto* s : sinks) s->on_checkpoint(loop.step);
     if (writes_checkpoints) {
-      save_checkpoint(o.checkpoint_path(), model, *optimizer, batcher.state(), loop, o);
+      detail::save_checkpoint(
+          o.checkpoint_path(), model, [&](torch::serialize::OutputArchive& a) { optimizer->save(a); }, "torch",
+          batcher.state(), loop, o);
       summary.checkpoint = o.checkpoint_path();
     }
   };
-  TORCH_CHECK_VALUE(o.eval_limit() >= 0, "eval limit must be >= 0, got ", o.eval_limit());
   TORCH_CHECK_VALUE(o.checkpoint_every() >= 0, "checkpoint interval must be >= 0, got ", o.checkpoint_every());
-  Dataset eval_split = data.eval_split();
-  if (o.eval_limit() > 0 && o.eval_limit() < eval_split.size()) {
-    eval_split.images = eval_split.images.narrow(0, 0, o.eval_limit());
-    eval_split.labels = eval_split.labels.narrow(0, 0, o.eval_limit());
-    if (eval_split.coarse_labels.defined()) eval_split.coarse_labels = eval_split.coarse_labels.narrow(0, 0, o.eval_limit());
-  }
+  const Dataset eval_split = detail::eval_split_of(data, o);
   double eval_comm_seconds = 0.0;  // collectives of validation, not of training steps
   auto emit_eval = [&](int64_t step) {
     const auto t0 = Clock::now();
@@ -524,17 +569,7 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
     }
     optimizer->step();
 
-    loop.window.push_back(r.main_acc);
-    loop.window_sum += r.main_acc;
-    if (static_cast<int64_t>(loop.window.size()) > o.target_window()) {
-      loop.window_sum -= loop.window.front();
-      loop.window.pop_front();
-    }
-    r.window_acc = loop.window_sum / static_cast<double>(loop.window.size());
-    if (!loop.steps_to_target && static_cast<int64_t>(loop.window.size()) == o.target_window() &&
-        r.window_acc >= o.target_acc()) {
-      loop.steps_to_target = step;
-    }
+    detail::update_window(loop, r, o);
     r.seconds = seconds_since(t0);
     loop.train_seconds += r.seconds;
     loop.step = step;

@@ -52,6 +52,23 @@ struct BatcherOptions {
 torch::Tensor random_crop(const torch::Tensor& images, int64_t padding, const std::vector<int64_t>& dy,
                           const std::vector<int64_t>& dx);
 
+/// The random decisions of one training batch (this shard's rows of it).
+struct BatchPlan {
+  torch::Tensor index;          // int64 (B): rows of the training split
+  std::vector<int64_t> dy, dx;  // crop offsets in [0, 2 crop_padding] (empty without crops)
+  std::vector<uint8_t> flip;    // 1 = mirrored (empty without flips)
+};
+
+/// A plan applied with tensor operations only (no host synchronization; usable on
+/// any device and inside a CUDA graph): rows `index` of `images`, cropped at
+/// (dy, dx) from a copy zero-padded by `padding`, mirrored where `flip`, normalized.
+/// Equal to what TrainBatcher::next() returns for the same plan.
+// images uint8 (N,C,H,W); index, dy, dx int64 (B); flip bool (B); mean, std float (1,C,1,1)
+// -> float (B,C,H,W). dy/dx undefined = no crop, flip undefined = no flips.
+torch::Tensor augment_batch(const torch::Tensor& images, const torch::Tensor& index, const torch::Tensor& dy,
+                            const torch::Tensor& dx, const torch::Tensor& flip, int64_t padding,
+                            const torch::Tensor& mean, const torch::Tensor& std);
+
 /// Where a TrainBatcher stands after the batches it handed out (for checkpoints).
 struct BatcherState {
   std::string rng;             // std::mt19937_64 state, as its operator<< writes it
@@ -71,6 +88,9 @@ class TrainBatcher {
   TrainBatcher& operator=(const TrainBatcher&) = delete;
   // -> images float (B,C,H,W), labels int64 (B)
   Batch next();
+  /// The decisions of the next batch without making it (needs prefetch off): for
+  /// callers that assemble batches elsewhere, e.g. on a GPU with augment_batch().
+  BatchPlan next_plan();
   /// Epochs completed by the batches handed out so far.
   int64_t epoch() const { return epoch_; }
   /// The state after the batches handed out so far (a batch being prefetched is not
@@ -85,6 +105,7 @@ class TrainBatcher {
     BatcherState after;  // the state right after this batch was made
   };
   void reshuffle();
+  BatchPlan draw(BatcherState& after);  // the next batch's decisions; advances rng_ and order_
   Made make_batch();  // draws from rng_; only ever runs on one thread at a time
 
 

@@ -24,6 +24,10 @@ struct BenchOptions {
   TORCH_ARG(int64_t, channels) = 3;
   TORCH_ARG(int64_t, num_classes) = 10;
   TORCH_ARG(uint64_t, seed) = 0;
+  /// "cpu", or "cuda[:N]": then the step is the resident loop's (device-resident
+  /// data and augmentation, CUDA-graph replay), timed per step with a host
+  /// synchronization after each, as a loop that reads its loss every step.
+  TORCH_ARG(std::string, device) = "cpu";
 };
 
 struct BenchResult {

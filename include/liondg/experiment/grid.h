@@ -74,6 +74,9 @@ struct GridOptions {
   bool estimate = true;         // dry run: time probe steps for an estimate
   bool quiet = false;
   std::string worker_binary;    // the liondg executable (default: /proc/self/exe)
+  /// Where every cell trains ("cpu", "cuda", "cuda:N"). With a GPU, `jobs` workers
+  /// share it: independent runs execute concurrently on one device.
+  std::string device = "cpu";
 };
 
 /// Runs every unfinished cell of the shard in worker processes (`liondg grid-worker`),
@@ -100,7 +103,8 @@ struct MergeSummary {
 MergeSummary merge_grids(const std::vector<std::string>& dirs, const std::string& out_dir);
 
 /// Runs one cell in this process and appends its result line (the worker side).
-CellResult run_grid_cell(const std::string& grid_dir, const std::string& key, int threads);
+CellResult run_grid_cell(const std::string& grid_dir, const std::string& key, int threads,
+                         const std::string& device = "cpu");
 
 /// Measured cost of a cell's model on this machine: seconds per training step and
 /// per evaluated image, from a few timed steps on synthetic data of the data set's shape.

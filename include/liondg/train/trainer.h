@@ -20,6 +20,9 @@ namespace liondg {
 
 class Communicator;
 
+/// Eager training steps before the step is captured as a CUDA graph.
+constexpr int64_t kGraphWarmupSteps = 3;
+
 struct TrainOptions {
   TORCH_ARG(int64_t, steps) = 3000;
   TORCH_ARG(int64_t, batch_size) = 128;
@@ -83,6 +86,23 @@ struct TrainOptions {
   /// (temporary file, fsync, rename); with data parallelism by rank 0 only.
   TORCH_ARG(std::string, checkpoint_path) = "";
   TORCH_ARG(int64_t, checkpoint_every) = 0;
+  /// Where the model trains: "cpu", "cuda" or "cuda:N". On a non-CPU device the
+  /// resident loop runs (see `resident`); the model is moved there for training and
+  /// back to the CPU afterwards.
+  TORCH_ARG(std::string, device) = "cpu";
+  /// The resident loop (always on for non-CPU devices; on the CPU for tests and
+  /// comparisons): the training split stays on the device as uint8 and is augmented
+  /// there from the batcher's decisions (same batches as the CPU loop); parameters
+  /// live in one flat buffer updated by a FlatOptimizer; step records stay on the
+  /// device and are read every `sync_every` steps. Equal to the CPU loop within
+  /// float rounding (tests/test_resident.cpp).
+  TORCH_ARG(bool, resident) = false;
+  /// Resident loop on CUDA: record the training step (and the diagnostic step) as
+  /// CUDA graphs after `kGraphWarmupSteps` eager steps and replay them.
+  TORCH_ARG(bool, cuda_graph) = true;
+  /// Resident loop: step records are read back (one host synchronization) every N
+  /// steps, and at every validation, checkpoint and the end.
+  TORCH_ARG(int64_t, sync_every) = 100;
   /// Continue from this checkpoint ("" = start at step 1): model, optimizer, data
   /// order and augmentation generator, target window and timings are restored, so the
   /// remaining steps record exactly what an uninterrupted run records.
