@@ -4,6 +4,7 @@
 #include <liondg/data/dataset.h>
 #include <liondg/models/densenet_ds.h>
 #include <liondg/models/resnet_ds.h>
+#include <liondg/train/trainer.h>
 #include <liondg/util/fs.h>
 
 #include <zlib.h>
@@ -87,5 +88,13 @@ inline DenseNetDSOptions tiny_densenet(int64_t classes = 4) {
 inline ResNetDSOptions tiny_resnet(int64_t classes = 4) {
   return ResNetDSOptions(classes).widths({8, 16, 32}).blocks_per_stage({1, 1, 1});
 }
+
+/// Keeps every record a training run hands out.
+struct RecordCollector : RecordSink {
+  std::vector<StepRecord> steps;
+  std::vector<EvalRecord> evals;
+  void on_step(const StepRecord& r) override { steps.push_back(r); }
+  void on_eval(const EvalRecord& e) override { evals.push_back(e); }
+};
 
 }  // namespace liondg::testing

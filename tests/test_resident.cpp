@@ -18,12 +18,7 @@
 namespace liondg {
 namespace {
 
-struct Collector : RecordSink {
-  std::vector<StepRecord> steps;
-  std::vector<EvalRecord> evals;
-  void on_step(const StepRecord& r) override { steps.push_back(r); }
-  void on_eval(const EvalRecord& e) override { evals.push_back(e); }
-};
+using Collector = testing::RecordCollector;
 
 std::shared_ptr<DSModelImpl> make_model(bool resnet, const std::string& policy = "lion-dg", uint64_t seed = 8) {
   torch::manual_seed(seed);

@@ -17,12 +17,7 @@
 namespace liondg {
 namespace {
 
-struct Collector : RecordSink {
-  std::vector<StepRecord> steps;
-  std::vector<EvalRecord> evals;
-  void on_step(const StepRecord& r) override { steps.push_back(r); }
-  void on_eval(const EvalRecord& e) override { evals.push_back(e); }
-};
+using Collector = testing::RecordCollector;
 
 TrainOptions fast_options() {
   return TrainOptions().steps(40).batch_size(32).grad_every(5).eval_every(20).target_window(10).target_acc(0.6);

@@ -33,6 +33,9 @@ struct LoopState {
   double eval_seconds = 0;
 };
 
+/// The batcher settings of a run (one shard of one process unless set afterwards).
+BatcherOptions batcher_options(const TrainOptions& o);
+
 /// Adds a step's main-head accuracy to the target window; sets r.window_acc and,
 /// the first time the full window reaches the target, loop.steps_to_target.
 void update_window(LoopState& loop, StepRecord& r, const TrainOptions& o);

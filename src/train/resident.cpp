@@ -86,12 +86,9 @@ TrainSummary train_resident(DSModelImpl& model, const DataSource& data, const Tr
   SideStreamScope stream_scope(o.device());
 
   const ChannelStats stats = channel_stats(data.train.images);
-  BatcherOptions bo;
-  bo.batch_size = o.batch_size();
-  bo.hflip = o.hflip();
-  bo.seed = o.seed();
-  bo.crop_padding = o.crop_padding();
+  BatcherOptions bo = batcher_options(o);
   bo.prefetch = false;  // the decisions only; images are made on the device
+  bo.channels_last = false;
   TrainBatcher batcher(data.train, stats, bo);
   const int64_t batch = o.batch_size();
   const int64_t num_aux = model.num_aux_heads();

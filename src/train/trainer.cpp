@@ -208,6 +208,17 @@ std::vector<torch::Tensor> grads_of(const torch::Tensor& loss, const std::vector
                                /*create_graph=*/false, /*allow_unused=*/true);
 }
 
+BatcherOptions batcher_options(const TrainOptions& o) {
+  BatcherOptions bo;
+  bo.batch_size = o.batch_size();
+  bo.hflip = o.hflip();
+  bo.seed = o.seed();
+  bo.crop_padding = o.crop_padding();
+  bo.prefetch = o.prefetch();
+  bo.channels_last = o.channels_last();
+  return bo;
+}
+
 void update_window(LoopState& loop, StepRecord& r, const TrainOptions& o) {
   loop.window.push_back(r.main_acc);
   loop.window_sum += r.main_acc;
@@ -424,13 +435,7 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
                     world, " (each rank trains on batch_size / WORLD_SIZE images)");
 
   const ChannelStats stats = channel_stats(data.train.images);
-  BatcherOptions bo;
-  bo.batch_size = o.batch_size();
-  bo.hflip = o.hflip();
-  bo.seed = o.seed();
-  bo.crop_padding = o.crop_padding();
-  bo.prefetch = o.prefetch();
-  bo.channels_last = o.channels_last();
+  BatcherOptions bo = detail::batcher_options(o);
   bo.shard_rank = comm != nullptr ? comm->rank() : 0;
   bo.shard_count = world;
   TrainBatcher batcher(data.train, stats, bo);
