@@ -89,8 +89,7 @@ std::vector<uint8_t> file_from_template(const uint8_t* data, size_t size) {
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   at::set_num_threads(1);  // small tensors; no intra-op threads
-  const char* env = std::getenv(kStrictEnv);
-  strict = env != nullptr && std::strcmp(env, "1") == 0;
+  strict = liondg_fuzz::env_flag(kStrictEnv);
   return 0;
 }
 

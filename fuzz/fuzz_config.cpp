@@ -66,8 +66,7 @@ void exercise(const liondg::GridSpec& spec) {
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   at::set_num_threads(1);  // small tensors; no intra-op threads
-  const char* env = std::getenv(kStrictEnv);
-  strict = env != nullptr && std::strcmp(env, "1") == 0;
+  strict = liondg_fuzz::env_flag(kStrictEnv);
   return 0;
 }
 

@@ -15,6 +15,12 @@
 
 namespace liondg_fuzz {
 
+/// True when environment variable `name` is "1" (e.g. LIONDG_FUZZ_STRICT).
+inline bool env_flag(const char* name) {
+  const char* value = std::getenv(name);
+  return value != nullptr && std::string(value) == "1";
+}
+
 class InputFile {
  public:
   InputFile() {

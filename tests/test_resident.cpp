@@ -169,7 +169,9 @@ TEST(Resident, MatchesTheStepByStepLoop) {
         }
       }
       // LION-DG's decoupling, seen by the resident loop too: zero aux gradient at step 1.
-      if (policy == "lion-dg") EXPECT_EQ(res.steps.front().grad_aux_norm, 0.0) << name;
+      if (policy == "lion-dg") {
+        EXPECT_EQ(res.steps.front().grad_aux_norm, 0.0) << name;
+      }
       ASSERT_EQ(ref.evals.size(), res.evals.size());
       EXPECT_NEAR(sa.final_eval.main_acc, sb.final_eval.main_acc, 2.0 / 128) << name;
       EXPECT_LE(rel(sa.final_eval.main_loss, sb.final_eval.main_loss), 1e-3) << name;

@@ -50,12 +50,14 @@ torch::Tensor bench_images(const BenchOptions& o, const TrainOptions& train) {
 // capturing step come on top of --warmup and are never timed.
 BenchResult bench_device_step(const ModelSpec& spec, const BenchOptions& o) {
   std::shared_ptr<DSModelImpl> model = bench_model(spec, o, TrainOptions().channels_last(false));
-  DataSource data;
-  data.name = data.format = "synthetic";
-  const int64_t n = 4 * o.batch_size();
-  data.train.images = torch::randint(256, {n, o.channels(), o.image_size(), o.image_size()}, torch::kUInt8);
-  data.train.labels = torch::randint(o.num_classes(), {n}, torch::kInt64);
-  data.test = data.train;
+  SyntheticOptions so;
+  so.num_classes = o.num_classes();
+  so.channels = o.channels();
+  so.height = so.width = o.image_size();
+  so.train_size = 4 * o.batch_size();
+  so.test_size = o.batch_size();
+  so.seed = o.seed();
+  const DataSource data = make_synthetic(so);
   struct Timer final : RecordSink {
     std::vector<double> seconds;
     void on_step(const StepRecord& r) override { seconds.push_back(r.seconds); }
@@ -77,7 +79,7 @@ BenchResult bench_device_step(const ModelSpec& spec, const BenchOptions& o) {
 }  // namespace
 
 BenchResult bench_train_step(const ModelSpec& spec, const BenchOptions& o) {
-  if (torch::Device(o.device()).type() != torch::kCPU) return bench_device_step(spec, o);
+  if (!torch::Device(o.device()).is_cpu()) return bench_device_step(spec, o);
   const TrainOptions train;  // the paper's AdamW and train()'s defaults
   std::shared_ptr<DSModelImpl> model = bench_model(spec, o, train);
   std::unique_ptr<torch::optim::Optimizer> optimizer = make_optimizer(*model, train);

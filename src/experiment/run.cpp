@@ -216,8 +216,8 @@ json config_json(const RunConfig& c, const DataSource& data, const ChannelStats&
                 {"channels_last", t.channels_last()},
                 {"fused", t.fused()},
                 {"device", t.device()},
-                {"resident", t.resident() || t.device() != "cpu"},
-                {"cuda_graph", t.device() != "cpu" && t.cuda_graph()},
+                {"resident", uses_resident_loop(t)},
+                {"cuda_graph", torch::Device(t.device()).is_cuda() && t.cuda_graph()},
                 {"sync_every", t.sync_every()},
                 {"stop_at_target", t.stop_at_target()}};
   const int64_t world = t.communicator() ? t.communicator()->world_size() : 1;

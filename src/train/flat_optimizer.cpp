@@ -50,7 +50,8 @@ FlatOptimizer::FlatOptimizer(torch::optim::Optimizer& optimizer) {
   TORCH_CHECK_VALUE(!tensors_.empty(), "FlatOptimizer: no parameters");
   const auto options = tensors_.front().options();
   // Per-element constants rounded once, as the scalar arguments of torch's optimizers are.
-  lr_ = torch::tensor(lr, torch::kFloat64).to(options);
+  lr64_ = torch::tensor(lr, torch::kFloat64).to(options.device());
+  lr_ = lr64_.to(options.dtype());
   keep_ = torch::tensor(keep, torch::kFloat64).to(options);
   decay_ = torch::tensor(decay, torch::kFloat64).to(options);
   int64_t total = 0;
@@ -105,7 +106,7 @@ void FlatOptimizer::step(const torch::Tensor& apply) {
     torch::Tensor m = exp_avg_.mul(beta1_).add_(g, 1.0 - beta1_);
     torch::Tensor v = exp_avg_sq_.mul(beta2_).addcmul_(g, g, 1.0 - beta2_);
     torch::Tensor denom = (v.sqrt() / bc2.sqrt()).add_(eps_);
-    torch::Tensor step_size = (lr_.to(torch::kFloat64) / bc1).to(params_.scalar_type());
+    torch::Tensor step_size = (lr64_ / bc1).to(params_.scalar_type());
     p_new = params_.mul(keep_).sub_(step_size.mul_(m).div_(denom));
     exp_avg_.copy_(torch::where(apply, m, exp_avg_));
     exp_avg_sq_.copy_(torch::where(apply, v, exp_avg_sq_));

@@ -33,6 +33,19 @@ struct LoopState {
   double eval_seconds = 0;
 };
 
+/// The schedule of both loops at 1-based `step`: gradient diagnostics (step 1, then
+/// every grad_every), validation and checkpoints (every N steps, not at the last
+/// step, which has its own final validation and needs no checkpoint).
+inline bool diagnoses_at(const TrainOptions& o, int64_t step) {
+  return o.grad_every() > 0 && (step == 1 || step % o.grad_every() == 0);
+}
+inline bool evaluates_at(const TrainOptions& o, int64_t step) {
+  return o.eval_every() > 0 && step % o.eval_every() == 0 && step != o.steps();
+}
+inline bool checkpoints_at(const TrainOptions& o, int64_t step) {
+  return o.checkpoint_every() > 0 && step % o.checkpoint_every() == 0 && step != o.steps();
+}
+
 /// The batcher settings of a run (one shard of one process unless set afterwards).
 BatcherOptions batcher_options(const TrainOptions& o);
 

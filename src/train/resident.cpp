@@ -274,7 +274,7 @@ TrainSummary train_resident(DSModelImpl& model, const DataSource& data, const Tr
     input.copy_(stage, /*non_blocking=*/true);
     if (o.aux_warmup_steps() > 0) alpha.fill_(aux_weight_at(o, step));
 
-    const bool diagnose = o.grad_every() > 0 && (step == 1 || step % o.grad_every() == 0);
+    const bool diagnose = diagnoses_at(o, step);
     if (use_graph && eager_steps >= kGraphWarmupSteps) {
       StepGraph& g = diagnose ? diag_graph : step_graph;
       if (!g.captured()) {
@@ -289,8 +289,8 @@ TrainSummary train_resident(DSModelImpl& model, const DataSource& data, const Tr
     ++pending;
 
     bool stop_now = stop_requested();
-    const bool evaluates = o.eval_every() > 0 && step % o.eval_every() == 0 && step != o.steps();
-    const bool checkpoints = o.checkpoint_every() > 0 && step % o.checkpoint_every() == 0 && step != o.steps();
+    const bool evaluates = evaluates_at(o, step);
+    const bool checkpoints = checkpoints_at(o, step);
     if (pending == slots || step == o.steps() || evaluates || checkpoints || stop_now) {
       if (!flush()) break;
     }

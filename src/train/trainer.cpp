@@ -336,6 +336,10 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(DSModelImpl& model, cons
   return std::make_unique<torch::optim::AdamW>(param_groups, torch::optim::AdamWOptions(o.lr()));
 }
 
+bool uses_resident_loop(const TrainOptions& o) {
+  return o.resident() || torch::Device(o.device()).type() != torch::kCPU;
+}
+
 double aux_weight_at(const TrainOptions& o, int64_t step) {
   if (o.aux_warmup_steps() <= 0) return o.aux_weight();
   const double t = static_cast<double>(step - 1);
@@ -425,7 +429,7 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
   TORCH_CHECK_VALUE(o.aux_warmup_steps() >= 0, "aux warmup steps must be >= 0, got ", o.aux_warmup_steps());
   TORCH_CHECK_VALUE(o.scalar_lr_mult() > 0, "scalar lr multiplier must be > 0, got ", o.scalar_lr_mult());
   TORCH_CHECK_VALUE(o.bucket_bytes() > 0, "gradient bucket size must be > 0 bytes, got ", o.bucket_bytes());
-  if (o.resident() || torch::Device(o.device()).type() != torch::kCPU) {
+  if (uses_resident_loop(o)) {
     return detail::train_resident(model, data, o, sinks);
   }
   const auto start = Clock::now();
@@ -540,7 +544,7 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
     }
 
     // Diagnostics at the parameters *before* this step's update (step 1 = initialization).
-    const bool diagnose = o.grad_every() > 0 && (step == 1 || step % o.grad_every() == 0);
+    const bool diagnose = detail::diagnoses_at(o, step);
     if (diagnose) {
       // Norms of the global batch's gradients (averaged over ranks first).
       std::vector<torch::Tensor> g_main = grads_of(l.main, backbone);
@@ -581,14 +585,14 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
     loop.final_train_window_acc = r.window_acc;
     for (auto* s : sinks) s->on_step(r);
 
-    if (o.eval_every() > 0 && step % o.eval_every() == 0 && step != o.steps()) emit_eval(step);
+    if (detail::evaluates_at(o, step)) emit_eval(step);
     if (world == 1) stop_now = stop_requested();  // (ranks use the value they agreed on above)
     if (stop_now) {
       summary.status = "interrupted";
       if (!o.checkpoint_path().empty()) write_checkpoint();
       break;
     }
-    if (o.checkpoint_every() > 0 && step % o.checkpoint_every() == 0 && step != o.steps()) write_checkpoint();
+    if (detail::checkpoints_at(o, step)) write_checkpoint();
     if (o.stop_at_target() && loop.steps_to_target) break;
   }
   summary.steps_run = loop.step;

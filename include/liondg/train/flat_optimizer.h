@@ -52,6 +52,7 @@ class FlatOptimizer {
   std::vector<torch::Tensor> tensors_;  // the parameters, in packing order
   torch::Tensor params_, grads_;        // (P) each
   torch::Tensor lr_;                    // (P) learning rate per element
+  torch::Tensor lr64_;                  // (P) the same in float64 (AdamW's step size)
   torch::Tensor keep_;                  // (P) AdamW: 1 - lr * weight_decay
   torch::Tensor decay_;                 // (P) SGD: weight decay
   torch::Tensor exp_avg_, exp_avg_sq_;  // AdamW moments (P)

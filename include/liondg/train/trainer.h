@@ -188,6 +188,9 @@ Losses compute_losses(const DSOutput& out, const torch::Tensor& labels, double a
 /// (learning-rate multiplier, weight decay on/off) per the per-group options.
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(DSModelImpl& model, const TrainOptions& options);
 
+/// Whether train() runs the resident loop: a non-CPU device, or `resident` set.
+bool uses_resident_loop(const TrainOptions& options);
+
 /// alpha(t) of the auxiliary schedule at 1-based `step`.
 double aux_weight_at(const TrainOptions& options, int64_t step);
 
