@@ -79,7 +79,9 @@ FolderFixture make_folder(const std::vector<std::string>& classes, int per_class
 void write_tree(const std::string& dir, const std::map<std::string, std::vector<uint8_t>>& files) {
   for (const auto& [rel, bytes] : files) {
     const auto slash = rel.rfind('/');
-    if (slash != std::string::npos) ASSERT_TRUE(make_directories(dir + "/" + rel.substr(0, slash)));
+    if (slash != std::string::npos) {
+      ASSERT_TRUE(make_directories(dir + "/" + rel.substr(0, slash)));
+    }
     write_bytes(dir + "/" + rel, bytes);
   }
 }

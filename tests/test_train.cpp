@@ -85,8 +85,12 @@ TEST(Train, SameSeedGivesIdenticalMetrics) {
 // AdamW's normalized update lr * m / sqrt(v) turns rounding-level gradient differences
 // on near-zero coordinates into differences of up to 2 * lr.)
 TEST(Train, FastPathMatchesTheStraightforwardPath) {
+  // The fused kernels split pixels over threads (per-thread partial sums): one and two.
+  const int threads_before = torch::get_num_threads();
+  for (int threads : {1, 2})
   for (bool resnet : {false, true}) {
-    const std::string name = resnet ? "resnet" : "densenet";
+    torch::set_num_threads(threads);
+    const std::string name = std::string(resnet ? "resnet" : "densenet") + " threads " + std::to_string(threads);
     auto make = [&] {
       torch::manual_seed(3);
       std::shared_ptr<DSModelImpl> model;
@@ -132,6 +136,62 @@ TEST(Train, FastPathMatchesTheStraightforwardPath) {
       EXPECT_NEAR(a, b, 1e-4 * std::abs(a)) << name << " step " << i + 1;
     }
   }
+  torch::set_num_threads(threads_before);
+}
+
+// Evaluation through the fused inference block (one feature buffer) against the
+// layer-by-layer concatenation: logits of every head agree to 1e-5 relative, with
+// trained (non-trivial) running statistics, channels-last and NCHW inputs, one and two
+// threads. Stated tolerance: BatchNorm as x * a + b instead of (x - mean) / std * gamma
+// + beta rounds differently.
+TEST(Train, FusedInferenceMatchesTheStraightforwardPath) {
+  const int threads_before = torch::get_num_threads();
+  torch::manual_seed(5);
+  DenseNetDS model(testing::tiny_densenet());
+  init_model_(*model, "he");
+  {
+    // Running statistics away from (0, 1), and affine parameters away from (1, 0).
+    torch::NoGradGuard no_grad;
+    model->train();
+    for (int i = 0; i < 3; ++i) model->forward(torch::randn({16, 3, 12, 12}) * 2 + 0.5);
+    for (auto& p : model->named_parameters()) {
+      if (p.key().find("norm") != std::string::npos) p.value().add_(torch::randn_like(p.value()) * 0.3);
+    }
+  }
+  model->eval();
+  const torch::Tensor x = torch::randn({9, 3, 12, 12});
+  for (int threads : {1, 2}) {
+    torch::set_num_threads(threads);
+    for (bool cl : {false, true}) {
+      const torch::Tensor input = cl ? x.contiguous(torch::MemoryFormat::ChannelsLast) : x;
+      torch::InferenceMode inference;
+      model->set_fused_inference(false);
+      const DSOutput plain = model->forward(input);
+      model->set_fused_inference(true);
+      const DSOutput fused = model->forward(input);
+      auto close = [](const torch::Tensor& a, const torch::Tensor& b) {
+        return (a - b).abs().max().item<double>() <= 1e-5 * (1 + a.abs().max().item<double>());
+      };
+      EXPECT_TRUE(close(plain.logits, fused.logits)) << "threads " << threads << " channels-last " << cl;
+      ASSERT_EQ(plain.aux_logits.size(), fused.aux_logits.size());
+      for (size_t k = 0; k < plain.aux_logits.size(); ++k) {
+        EXPECT_TRUE(close(plain.aux_logits[k], fused.aux_logits[k])) << "aux " << k << " threads " << threads;
+      }
+      // Not the same computation: the fused path really ran (a bit-identical result
+      // would mean the switch did nothing).
+      EXPECT_FALSE(torch::equal(plain.logits, fused.logits)) << "threads " << threads << " channels-last " << cl;
+    }
+  }
+  // The block alone: the same buffer layout as the concatenation.
+  torch::InferenceMode inference;
+  const torch::Tensor h = torch::randn({4, 12, 6, 6});
+  const torch::Tensor block = dense_block_inference(h, model->blocks()[0]);
+  std::vector<torch::Tensor> maps{h};
+  for (DenseLayer layer : model->blocks()[0]) maps.push_back(layer->forward(torch::cat(maps, /*dim=*/1)));
+  const torch::Tensor expected = torch::cat(maps, /*dim=*/1);
+  EXPECT_TRUE(block.is_contiguous(torch::MemoryFormat::ChannelsLast));
+  EXPECT_LE((block - expected).abs().max().item<double>(), 1e-5 * (1 + expected.abs().max().item<double>()));
+  torch::set_num_threads(threads_before);
 }
 
 TEST(Train, StepsToTargetIsTheFirstFullWindowAtTarget) {

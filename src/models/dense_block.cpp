@@ -10,6 +10,11 @@
 //   backward: dA_l, dW_l = conv backward; dZ = dA_l * (A_l > 0);
 //             dgamma = sum_p dZ * xhat, dbeta = sum_p dZ;
 //             dF[:, :C] += gamma * invstd * (dZ - dbeta / P - xhat * dgamma / P)
+// Copies are folded into passes that read or write the same data anyway: the block
+// input and each conv output are written into F by the pass that computes their
+// channel statistics, and the pass that finishes dF[:, C_l - k : C_l) also writes it
+// out contiguously as the next (earlier) layer's conv output gradient; layer 0's pass
+// writes the block input's gradient straight into its own tensor.
 
 #include <liondg/models/densenet_ds.h>
 
@@ -35,19 +40,24 @@ constexpr int64_t kBlock = 64;   // pixels summed in float before adding to doub
 #define LIONDG_MULTIVERSION
 #endif
 
-// s[j] += sum_p F[p, c0 + j], q[j] += sum_p F[p, c0 + j]^2 over pixels [begin, end).
+// Over pixels [begin, end): s[j] += sum_p src[p, j], q[j] += sum_p src[p, j]^2 for the
+// c channels of src (row stride `ss`); if dst is set, also dst[p * ds + j] = src[p, j].
 LIONDG_MULTIVERSION
-void stats_range(const float* __restrict f, int64_t begin, int64_t end, int64_t ct, int64_t c0, int64_t c,
-                 double* __restrict s, double* __restrict q) {
+void stats_range(const float* __restrict src, int64_t ss, int64_t begin, int64_t end, int64_t c,
+                 float* __restrict dst, int64_t ds, double* __restrict s, double* __restrict q) {
   float bs[kMaxFusedChannels], bq[kMaxFusedChannels];
   for (int64_t start = begin; start < end; start += kBlock) {
     const int64_t stop = std::min(end, start + kBlock);
     for (int64_t j = 0; j < c; ++j) bs[j] = bq[j] = 0.0f;
     for (int64_t p = start; p < stop; ++p) {
-      const float* __restrict row = f + p * ct + c0;
+      const float* __restrict row = src + p * ss;
       for (int64_t j = 0; j < c; ++j) {
         bs[j] += row[j];
         bq[j] += row[j] * row[j];
+      }
+      if (dst != nullptr) {
+        float* __restrict out = dst + p * ds;
+        for (int64_t j = 0; j < c; ++j) out[j] = row[j];
       }
     }
     for (int64_t j = 0; j < c; ++j) {
@@ -97,34 +107,76 @@ void backward_sums_range(const float* __restrict f, const float* __restrict act,
   }
 }
 
-// G[p, :c] += scale * (dZ - mdz - xhat * mdzx).
+// Over pixels [begin, end): v = G[p, j] + scale * (dZ - mdz - xhat * mdzx) for j < c,
+// stored back into G (row stride ct) or, if out is set, into out (P, c) instead. If
+// tail is set, the last k values of each row are also written to tail (P, k).
 LIONDG_MULTIVERSION
 void backward_input_range(const float* __restrict f, const float* __restrict act, const float* __restrict da,
                           int64_t begin, int64_t end, int64_t ct, int64_t c, const float* __restrict mean,
                           const float* __restrict invstd, const float* __restrict scale,
-                          const float* __restrict mdz, const float* __restrict mdzx, float* __restrict g) {
+                          const float* __restrict mdz, const float* __restrict mdzx, float* __restrict g,
+                          float* __restrict out, float* __restrict tail, int64_t k) {
   for (int64_t p = begin; p < end; ++p) {
     const float* __restrict row = f + p * ct;
     const float* __restrict ar = act + p * c;
     const float* __restrict dr = da + p * c;
-    float* __restrict gr = g + p * ct;
+    const float* __restrict gr = g + p * ct;
+    float* __restrict dst = out != nullptr ? out + p * c : g + p * ct;
     for (int64_t j = 0; j < c; ++j) {
       const float dz = ar[j] > 0.0f ? dr[j] : 0.0f;
       const float xhat = (row[j] - mean[j]) * invstd[j];
-      gr[j] += scale[j] * (dz - mdz[j] - xhat * mdzx[j]);
+      dst[j] = gr[j] + scale[j] * (dz - mdz[j] - xhat * mdzx[j]);
+    }
+    if (tail != nullptr) {
+      float* __restrict t = tail + p * k;
+      for (int64_t j = 0; j < k; ++j) t[j] = dst[c - k + j];
     }
   }
 }
 
-// Per-channel biased mean and 1/sqrt(var + eps) of channels [c0, c1) of F (P, Ct).
-void channel_stats(const float* f, int64_t pixels, int64_t ct, int64_t c0, int64_t c1, double eps, float* mean,
-                   float* invstd, float* var_unbiased) {
-  const int64_t c = c1 - c0;
+// G[p, :ct] = src[p, :ct] (if set) + pool[p / hw, :ct] / hw (if set) over pixels
+// [begin, end): the block output's gradient plus that of its global average pool.
+LIONDG_MULTIVERSION
+void grad_init_range(const float* __restrict src, const float* __restrict pool, int64_t hw, int64_t begin,
+                     int64_t end, int64_t ct, float* __restrict g) {
+  const float area = static_cast<float>(hw);
+  for (int64_t p = begin; p < end; ++p) {
+    float* __restrict gr = g + p * ct;
+    const float* __restrict sr = src != nullptr ? src + p * ct : nullptr;
+    const float* __restrict pr = pool != nullptr ? pool + (p / hw) * ct : nullptr;
+    if (sr != nullptr && pr != nullptr) {
+      for (int64_t j = 0; j < ct; ++j) gr[j] = sr[j] + pr[j] / area;
+    } else if (sr != nullptr) {
+      for (int64_t j = 0; j < ct; ++j) gr[j] = sr[j];
+    } else if (pr != nullptr) {
+      for (int64_t j = 0; j < ct; ++j) gr[j] = pr[j] / area;
+    } else {
+      for (int64_t j = 0; j < ct; ++j) gr[j] = 0.0f;
+    }
+  }
+}
+
+// dst[p * ds : p * ds + c) = src[p * ss : p * ss + c) over pixels [begin, end).
+LIONDG_MULTIVERSION
+void copy_rows_range(const float* __restrict src, int64_t ss, int64_t begin, int64_t end, int64_t c,
+                     float* __restrict dst, int64_t ds) {
+  for (int64_t p = begin; p < end; ++p) {
+    const float* __restrict r = src + p * ss;
+    float* __restrict d = dst + p * ds;
+    for (int64_t j = 0; j < c; ++j) d[j] = r[j];
+  }
+}
+
+// Per-channel biased mean, 1/sqrt(var + eps) and unbiased variance of the c channels
+// of src (P rows of stride ss), stored at [c0, c0 + c) of mean/invstd/var_unbiased.
+// If dst is set, src is also copied into it (row stride ds).
+void channel_stats(const float* src, int64_t ss, int64_t pixels, int64_t c, float* dst, int64_t ds, double eps,
+                   int64_t c0, float* mean, float* invstd, float* var_unbiased) {
   const int threads = at::get_num_threads();
   std::vector<double> sum(static_cast<size_t>(threads * c), 0.0), sq(static_cast<size_t>(threads * c), 0.0);
   at::parallel_for(0, pixels, kGrain, [&](int64_t begin, int64_t end) {
     const int64_t t = at::get_thread_num();
-    stats_range(f, begin, end, ct, c0, c, sum.data() + t * c, sq.data() + t * c);
+    stats_range(src, ss, begin, end, c, dst, ds, sum.data() + t * c, sq.data() + t * c);
   });
   for (int64_t j = 0; j < c; ++j) {
     double s = 0, q = 0;
@@ -138,6 +190,16 @@ void channel_stats(const float* f, int64_t pixels, int64_t ct, int64_t c0, int64
     invstd[c0 + j] = static_cast<float>(1.0 / std::sqrt(v + eps));
     var_unbiased[c0 + j] = static_cast<float>(pixels > 1 ? v * static_cast<double>(pixels) / (pixels - 1) : v);
   }
+}
+
+void grad_init(const float* src, const float* pool, int64_t hw, int64_t pixels, int64_t ct, float* g) {
+  at::parallel_for(0, pixels, kGrain, [&](int64_t begin, int64_t end) { grad_init_range(src, pool, hw, begin, end, ct, g); });
+}
+
+// The c channels of src (P rows of stride ss) into dst (P rows of stride ds).
+void copy_rows(const float* src, int64_t ss, int64_t pixels, int64_t c, float* dst, int64_t ds) {
+  at::parallel_for(0, pixels, kGrain,
+                   [&](int64_t begin, int64_t end) { copy_rows_range(src, ss, begin, end, c, dst, ds); });
 }
 
 void bn_relu_forward(const float* f, int64_t pixels, int64_t ct, int64_t c, const float* a, const float* b, float* out) {
@@ -165,9 +227,9 @@ void bn_relu_backward_sums(const float* f, const float* act, const float* da, in
 
 void bn_relu_backward_input(const float* f, const float* act, const float* da, int64_t pixels, int64_t ct, int64_t c,
                             const float* mean, const float* invstd, const float* scale, const float* mdz,
-                            const float* mdzx, float* g) {
+                            const float* mdzx, float* g, float* out, float* tail, int64_t k) {
   at::parallel_for(0, pixels, kGrain, [&](int64_t begin, int64_t end) {
-    backward_input_range(f, act, da, begin, end, ct, c, mean, invstd, scale, mdz, mdzx, g);
+    backward_input_range(f, act, da, begin, end, ct, c, mean, invstd, scale, mdz, mdzx, g, out, tail, k);
   });
 }
 
@@ -193,18 +255,23 @@ torch::Tensor pooled_empty_channels_last(int64_t n, int64_t c, int64_t h, int64_
 
 struct DenseBlockFunction : public torch::autograd::Function<DenseBlockFunction> {
   // params: per layer {gamma, beta, conv weight}; buffers: per layer {running_mean, running_var}.
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, at::TensorList params,
-                               std::vector<torch::Tensor> buffers, double eps, double momentum) {
+  // Returns {F, pooled}: pooled = F's mean over (H,W), (N, Ct), if `pool`, else (N, 0).
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& x, at::TensorList params,
+                               std::vector<torch::Tensor> buffers, double eps, double momentum, bool pool) {
     const int64_t layers = static_cast<int64_t>(params.size()) / 3;
     const int64_t n = x.size(0), c0 = x.size(1), h = x.size(2), w = x.size(3);
     const int64_t k = params[2].size(0);
     const int64_t ct = c0 + layers * k, pixels = n * h * w;
     torch::Tensor f = pooled_empty_channels_last(n, ct, h, w, x.options());
-    f.narrow(1, 0, c0).copy_(x);
     torch::Tensor mean = torch::empty({ct}, x.options()), invstd = torch::empty({ct}, x.options());
     torch::Tensor var = torch::empty({ct}, x.options());
     float* fp = f.data_ptr<float>();
-    channel_stats(fp, pixels, ct, 0, c0, eps, mean.data_ptr<float>(), invstd.data_ptr<float>(), var.data_ptr<float>());
+    float* mp = mean.data_ptr<float>();
+    float* ip = invstd.data_ptr<float>();
+    float* vp = var.data_ptr<float>();
+    // The block input, (P, c0), goes into F[:, :c0] in the pass that computes its statistics.
+    const torch::Tensor xin = channels_last(x);
+    channel_stats(xin.data_ptr<float>(), /*ss=*/c0, pixels, /*c=*/c0, fp, /*ds=*/ct, eps, /*c0=*/0, mp, ip, vp);
     std::vector<torch::Tensor> saved{f, mean, invstd};
     for (int64_t l = 0; l < layers; ++l) {
       const int64_t c = c0 + l * k;
@@ -215,12 +282,12 @@ struct DenseBlockFunction : public torch::autograd::Function<DenseBlockFunction>
       const torch::Tensor b = (beta - mean.narrow(0, 0, c) * a).contiguous();
       torch::Tensor act = pooled_empty_channels_last(n, c, h, w, f.options());
       bn_relu_forward(fp, pixels, ct, c, a.data_ptr<float>(), b.data_ptr<float>(), act.data_ptr<float>());
-      const torch::Tensor out = at::convolution(act, weight, /*bias=*/{}, /*stride=*/{1, 1}, /*padding=*/{1, 1},
-                                                /*dilation=*/{1, 1}, /*transposed=*/false,
-                                                /*output_padding=*/{0, 0}, /*groups=*/1);
-      f.narrow(1, c, k).copy_(out);
-      channel_stats(fp, pixels, ct, c, c + k, eps, mean.data_ptr<float>(), invstd.data_ptr<float>(),
-                    var.data_ptr<float>());
+      // out: (P, k), written into F[:, c : c + k) by its statistics pass.
+      const torch::Tensor out = channels_last(at::convolution(act, weight, /*bias=*/{}, /*stride=*/{1, 1},
+                                                              /*padding=*/{1, 1}, /*dilation=*/{1, 1},
+                                                              /*transposed=*/false, /*output_padding=*/{0, 0},
+                                                              /*groups=*/1));
+      channel_stats(out.data_ptr<float>(), /*ss=*/k, pixels, /*c=*/k, fp + c, /*ds=*/ct, eps, /*c0=*/c, mp, ip, vp);
       // Running statistics, as BatchNorm2d updates them from its batch.
       buffers[2 * l].mul_(1.0 - momentum).add_(mean.narrow(0, 0, c), /*alpha=*/momentum);
       buffers[2 * l + 1].mul_(1.0 - momentum).add_(var.narrow(0, 0, c), /*alpha=*/momentum);
@@ -231,7 +298,9 @@ struct DenseBlockFunction : public torch::autograd::Function<DenseBlockFunction>
     ctx->saved_data["layers"] = layers;
     ctx->saved_data["c0"] = c0;
     ctx->saved_data["x_channels_last"] = x.is_contiguous(torch::MemoryFormat::ChannelsLast);
-    return f;
+    torch::Tensor pooled = pool ? f.mean(/*dim=*/{2, 3}) : torch::empty({n, 0}, f.options());
+    if (!pool) ctx->mark_non_differentiable({pooled});
+    return {f, pooled};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -244,19 +313,23 @@ struct DenseBlockFunction : public torch::autograd::Function<DenseBlockFunction>
     const int64_t n = f.size(0), ct = f.size(1), h = f.size(2), w = f.size(3), pixels = n * h * w;
     const int64_t k = (ct - c0) / std::max<int64_t>(layers, 1);
     // The gradient of the whole buffer, accumulated in place layer by layer (backwards).
+    // Its initial value: F's gradient plus that of the pooled output, in one pass.
     torch::Tensor g = pooled_empty_channels_last(n, ct, h, w, f.options());
-    if (grad_outputs[0].defined()) {
-      g.copy_(grad_outputs[0]);
-    } else {
-      g.zero_();
-    }
+    const torch::Tensor gf = grad_outputs[0].defined() ? channels_last(grad_outputs[0]) : torch::Tensor();
+    const torch::Tensor gpool =
+        grad_outputs[1].defined() && grad_outputs[1].numel() > 0 ? grad_outputs[1].contiguous() : torch::Tensor();
+    grad_init(gf.defined() ? gf.data_ptr<float>() : nullptr, gpool.defined() ? gpool.data_ptr<float>() : nullptr,
+              h * w, pixels, ct, g.data_ptr<float>());
+    // The last layer's conv output gradient, (P, k): the last k channels of dF.
+    torch::Tensor gout = pooled_empty_channels_last(n, k, h, w, f.options());
+    copy_rows(g.data_ptr<float>() + (ct - k), /*ss=*/ct, pixels, k, gout.data_ptr<float>(), /*ds=*/k);
+    torch::Tensor dx;  // (P, c0): written by layer 0's pass
     variable_list param_grads(static_cast<size_t>(3 * layers));
     for (int64_t l = layers - 1; l >= 0; --l) {
       const int64_t c = c0 + l * k;
       const torch::Tensor& act = saved[3 + l];
       const torch::Tensor& gamma = saved[3 + layers + 3 * l];
       const torch::Tensor& weight = saved[3 + layers + 3 * l + 2];
-      const torch::Tensor gout = channels_last(g.narrow(1, c, k));
       auto grads = at::convolution_backward(gout, act, weight, /*bias_sizes=*/c10::nullopt, /*stride=*/{1, 1},
                                             /*padding=*/{1, 1}, /*dilation=*/{1, 1}, /*transposed=*/false,
                                             /*output_padding=*/{0, 0}, /*groups=*/1, /*output_mask=*/{true, true, false});
@@ -278,46 +351,97 @@ struct DenseBlockFunction : public torch::autograd::Function<DenseBlockFunction>
         dgp[j] = static_cast<float>(sdzx[j]);
         dbp[j] = static_cast<float>(sdz[j]);
       }
+      // dF[:, c - k : c) is final after this pass: it is layer l - 1's conv output gradient.
+      torch::Tensor next_gout;
+      if (l > 0) {
+        next_gout = pooled_empty_channels_last(n, k, h, w, f.options());
+      } else {
+        dx = torch::empty({n, c0, h, w}, f.options().memory_format(torch::MemoryFormat::ChannelsLast));
+      }
       bn_relu_backward_input(f.data_ptr<float>(), act.data_ptr<float>(), da.data_ptr<float>(), pixels, ct, c, mp, ip,
-                             scale.data(), mdz.data(), mdzx.data(), g.data_ptr<float>());
+                             scale.data(), mdz.data(), mdzx.data(), g.data_ptr<float>(),
+                             /*out=*/l == 0 ? dx.data_ptr<float>() : nullptr,
+                             /*tail=*/l > 0 ? next_gout.data_ptr<float>() : nullptr, k);
+      gout = next_gout;
       param_grads[3 * l] = dgamma;
       param_grads[3 * l + 1] = dbeta;
       param_grads[3 * l + 2] = std::get<1>(grads);
     }
     variable_list out;
-    torch::Tensor dx = g.narrow(1, 0, c0);
-    out.push_back(ctx->saved_data["x_channels_last"].toBool() ? channels_last(dx) : dx.contiguous());
+    out.push_back(ctx->saved_data["x_channels_last"].toBool() ? dx : dx.contiguous());
     for (auto& pg : param_grads) out.push_back(pg);
-    // Running-statistics buffers (two per layer), eps and momentum get no gradient.
-    for (int64_t i = 0; i < 2 * layers + 2; ++i) out.emplace_back();
+    // Running-statistics buffers (two per layer), eps, momentum and pool get no gradient.
+    for (int64_t i = 0; i < 2 * layers + 3; ++i) out.emplace_back();
     return out;
   }
 };
 
+// The fused block's preconditions; returns the block's total channels.
+int64_t check_fusable(const char* what, const torch::Tensor& x, const std::vector<DenseLayer>& layers) {
+  TORCH_CHECK(!layers.empty(), what, ": no layers");
+  TORCH_CHECK(x.dim() == 4, what, ": (N,C,H,W) input expected, got ", x.sizes());
+  const int64_t total = x.size(1) + static_cast<int64_t>(layers.size()) * layers.front()->conv()->weight.size(0);
+  TORCH_CHECK(total <= kMaxFusedChannels, what, ": ", total, " channels exceed ", kMaxFusedChannels);
+  TORCH_CHECK(x.scalar_type() == torch::kFloat32 && x.device().is_cpu(), what, ": float32 CPU input expected");
+  for (const auto& layer : layers) {
+    TORCH_CHECK(layer->norm() && layer->kind() == BlockKind::kStandard, what, ": standard BatchNorm layers only");
+    const auto& weight = layer->conv()->weight;
+    TORCH_CHECK(weight.size(2) == 3 && weight.size(3) == 3, what, ": 3x3 convolutions expected");
+  }
+  return total;
+}
+
 }  // namespace
 
-torch::Tensor dense_block_fused(const torch::Tensor& x, const std::vector<DenseLayer>& layers) {
-  TORCH_CHECK(!layers.empty(), "dense_block_fused: no layers");
-  const int64_t total = x.size(1) + static_cast<int64_t>(layers.size()) * layers.front()->conv()->weight.size(0);
-  TORCH_CHECK(total <= kMaxFusedChannels, "dense_block_fused: ", total, " channels exceed ", kMaxFusedChannels);
-  TORCH_CHECK(x.scalar_type() == torch::kFloat32 && x.device().is_cpu(), "dense_block_fused: float32 CPU input expected");
+FusedBlockOutput dense_block_fused(const torch::Tensor& x, const std::vector<DenseLayer>& layers, bool pool) {
+  check_fusable("dense_block_fused", x, layers);
   std::vector<torch::Tensor> params, buffers;
   double eps = 0, momentum = 0;
   for (const auto& layer : layers) {
     auto norm = layer->norm();
-    TORCH_CHECK(norm && layer->kind() == BlockKind::kStandard, "dense_block_fused: standard BatchNorm layers only");
-    const auto conv = layer->conv();
-    TORCH_CHECK(conv->weight.size(2) == 3 && conv->weight.size(3) == 3, "dense_block_fused: 3x3 convolutions expected");
     params.push_back(norm->weight);
     params.push_back(norm->bias);
-    params.push_back(conv->weight);
+    params.push_back(layer->conv()->weight);
     buffers.push_back(norm->running_mean);
     buffers.push_back(norm->running_var);
     norm->num_batches_tracked.add_(1);
     eps = norm->options.eps();
     momentum = norm->options.momentum().value_or(0.1);
   }
-  return DenseBlockFunction::apply(x, at::TensorList(params), buffers, eps, momentum);
+  variable_list out = DenseBlockFunction::apply(x, at::TensorList(params), buffers, eps, momentum, pool);
+  return {out[0], pool ? out[1] : torch::Tensor()};
+}
+
+torch::Tensor dense_block_inference(const torch::Tensor& x, const std::vector<DenseLayer>& layers) {
+  const int64_t ct = check_fusable("dense_block_inference", x, layers);
+  torch::NoGradGuard no_grad;
+  const int64_t n = x.size(0), c0 = x.size(1), h = x.size(2), w = x.size(3), pixels = n * h * w;
+  torch::Tensor f = torch::empty({n, ct, h, w}, x.options().memory_format(torch::MemoryFormat::ChannelsLast));
+  float* fp = f.data_ptr<float>();
+  const torch::Tensor xin = channels_last(x);
+  copy_rows(xin.data_ptr<float>(), /*ss=*/c0, pixels, c0, fp, /*ds=*/ct);
+  // One BatchNorm+ReLU output buffer for every layer, sized for the widest input.
+  const int64_t widest = ct - layers.back()->conv()->weight.size(0);
+  const torch::Tensor scratch = torch::empty({pixels * widest}, f.options());
+  int64_t c = c0;
+  for (const auto& layer : layers) {
+    const auto& norm = layer->norm();
+    // BatchNorm with running statistics as y = x * a + b.
+    const torch::Tensor a = (norm->weight / (norm->running_var + norm->options.eps()).sqrt()).contiguous();
+    const torch::Tensor b = (norm->bias - norm->running_mean * a).contiguous();
+    // act: (N,c,H,W) channels-last view of the buffer's first P * c floats
+    const torch::Tensor act = scratch.narrow(/*dim=*/0, /*start=*/0, pixels * c).view({n, h, w, c}).permute({0, 3, 1, 2});
+    bn_relu_forward(fp, pixels, ct, c, a.data_ptr<float>(), b.data_ptr<float>(), act.data_ptr<float>());
+    // out: (P, k) into F[:, c : c + k)
+    const torch::Tensor out = channels_last(at::convolution(act, layer->conv()->weight, /*bias=*/{}, /*stride=*/{1, 1},
+                                                            /*padding=*/{1, 1}, /*dilation=*/{1, 1},
+                                                            /*transposed=*/false, /*output_padding=*/{0, 0},
+                                                            /*groups=*/1));
+    const int64_t k = out.size(1);
+    copy_rows(out.data_ptr<float>(), /*ss=*/k, pixels, k, fp + c, /*ds=*/ct);
+    c += k;
+  }
+  return f;
 }
 
 }  // namespace liondg

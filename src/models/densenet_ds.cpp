@@ -103,20 +103,28 @@ torch::Tensor DenseNetDSImpl::features(const torch::Tensor& x, Taps& taps) {
   // The fused block (one feature buffer, hand-written backward) when training with
   // first-order gradients; the layer-by-layer path otherwise (evaluation, LSUV's
   // observer, GradInit's second-order objective, synchronized BatchNorm, Fixup/ReZero
-  // layers, no BatchNorm).
+  // layers, no BatchNorm). Evaluation without gradients uses the inference block.
   const bool fused = fused_ && is_training() && torch::GradMode::is_enabled() && !observing() &&
                      active_batch_norm_sync() == nullptr &&
                      options.block() == BlockKind::kStandard && options.batch_norm() && h.device().is_cpu() &&
                      h.scalar_type() == torch::kFloat32;
+  const bool inference = fused_inference_ && !is_training() && !torch::GradMode::is_enabled() && !observing() &&
+                         options.block() == BlockKind::kStandard && options.batch_norm() && h.device().is_cpu() &&
+                         h.scalar_type() == torch::kFloat32;
   for (size_t b = 0; b < blocks_.size(); ++b) {
+    const std::string tap = "block" + std::to_string(b + 1);
     if (fused && block_channels_[b] <= kMaxFusedChannels) {
-      h = taps.tap("block" + std::to_string(b + 1), dense_block_fused(h, blocks_[b]));
+      // A head reading this block gets the pool the block computes (see dense_block_fused).
+      const FusedBlockOutput out = dense_block_fused(h, blocks_[b], /*pool=*/taps.wants(tap));
+      h = out.pooled.defined() ? taps.tap(tap, out.features, out.pooled) : taps.tap(tap, out.features);
+    } else if (inference && block_channels_[b] <= kMaxFusedChannels) {
+      h = taps.tap(tap, dense_block_inference(h, blocks_[b]));
     } else {
       // Straightforward dense connectivity: each layer reads the concatenation of all
       // earlier feature maps of the block.
       std::vector<torch::Tensor> maps{h};
       for (auto& layer : blocks_[b]) maps.push_back(layer->forward(torch::cat(maps, /*dim=*/1)));
-      h = taps.tap("block" + std::to_string(b + 1), torch::cat(maps, /*dim=*/1));
+      h = taps.tap(tap, torch::cat(maps, /*dim=*/1));
     }
     if (b < transitions_.size()) h = transitions_[b]->forward(h);
   }

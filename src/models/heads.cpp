@@ -60,9 +60,28 @@ torch::Tensor ClassifierHeadImpl::forward(const torch::Tensor& x) {
 
 Taps::Taps(std::vector<std::string> wanted) : wanted_(std::move(wanted)) {}
 
+bool Taps::wants(const std::string& name) const {
+  return std::find(wanted_.begin(), wanted_.end(), name) != wanted_.end();
+}
+
 const torch::Tensor& Taps::tap(const std::string& name, const torch::Tensor& x) {
-  if (std::find(wanted_.begin(), wanted_.end(), name) != wanted_.end()) recorded_[name] = x;
+  if (wants(name)) recorded_[name] = x;
   return x;
+}
+
+const torch::Tensor& Taps::tap(const std::string& name, const torch::Tensor& x, const torch::Tensor& pooled) {
+  if (wants(name)) {
+    TORCH_CHECK(pooled.dim() == 2 && x.dim() == 4 && pooled.size(0) == x.size(0) && pooled.size(1) == x.size(1),
+                "tap '", name, "': pooled ", pooled.sizes(), " does not match ", x.sizes());
+    recorded_[name] = x;
+    pooled_[name] = pooled;
+  }
+  return x;
+}
+
+torch::Tensor Taps::pooled(const std::string& name) const {
+  auto it = pooled_.find(name);
+  return it == pooled_.end() ? torch::Tensor() : it->second;
 }
 
 const torch::Tensor& Taps::at(const std::string& name) const {
@@ -111,7 +130,11 @@ DSOutput DSModelImpl::apply_heads(const torch::Tensor& features, const Taps& tap
   out.logits = main_head_->forward(features);
   out.aux_logits.reserve(aux_specs_.size());
   for (size_t k = 0; k < aux_specs_.size(); ++k) {
-    out.aux_logits.push_back(aux_heads_->ptr<ClassifierHeadImpl>(k)->forward(taps.at(aux_specs_[k].tap)));
+    // A head starts with global average pooling: it reads the pooled tap if the
+    // backbone recorded one.
+    const torch::Tensor pooled = taps.pooled(aux_specs_[k].tap);
+    out.aux_logits.push_back(
+        aux_heads_->ptr<ClassifierHeadImpl>(k)->forward(pooled.defined() ? pooled : taps.at(aux_specs_[k].tap)));
   }
   return out;
 }

@@ -457,11 +457,18 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
   SyncBatchNormGuard sync_guard(bn_sync.get());
   const double comm_start = comm != nullptr ? comm->blocked_seconds() : 0.0;
   std::unique_ptr<torch::optim::Optimizer> optimizer = make_optimizer(model, o);
-  // The fused fast path for this loop only (it is first-order; callers may need more).
+  // The fused training fast path for this loop only (it is first-order; callers may
+  // need more); --no-fused also evaluates through the straightforward path.
   struct FusedScope {
     DSModelImpl& m;
-    FusedScope(DSModelImpl& model, bool on) : m(model) { m.set_fused_training(on); }
-    ~FusedScope() { m.set_fused_training(false); }
+    FusedScope(DSModelImpl& model, bool on) : m(model) {
+      m.set_fused_training(on);
+      m.set_fused_inference(on);
+    }
+    ~FusedScope() {
+      m.set_fused_training(false);
+      m.set_fused_inference(true);
+    }
   } fused_scope(model, o.fused());
   const std::vector<torch::Tensor> backbone = parameters_of_kind(model, ParamRole::Kind::kBackbone);
   const int64_t num_aux = model.num_aux_heads();

@@ -92,6 +92,8 @@ class DenseNetDSImpl : public DSModelImpl {
   /// Training forward of standard BatchNorm dense blocks through `dense_block_fused`
   /// (used when training, gradients enabled and no layer observer installed).
   void set_fused_training(bool enabled) override { fused_ = enabled; }
+  /// Evaluation forward (no gradients) through `dense_block_inference`; on by default.
+  void set_fused_inference(bool enabled) override { fused_inference_ = enabled; }
 
   DenseNetDSOptions options;
 
@@ -102,6 +104,7 @@ class DenseNetDSImpl : public DSModelImpl {
   torch::nn::BatchNorm2d final_norm_{nullptr};
   std::vector<int64_t> block_channels_;
   bool fused_ = false;
+  bool fused_inference_ = true;
 };
 TORCH_MODULE(DenseNetDS);
 
@@ -112,9 +115,23 @@ TORCH_MODULE(DenseNetDS);
 /// layer that reads it), and the backward pass accumulates each chunk's gradient in
 /// place. Updates the layers' running statistics like BatchNorm2d. First-order
 /// gradients only. Standard layers with BatchNorm only.
+/// With `pool`, also returns the output's global average pool, whose gradient the
+/// block's backward adds in the same pass that starts the output's gradient (instead
+/// of autograd materializing the pool's (N,C,H,W) gradient and adding it).
 /// Widest block (input plus all new channels) the fused block handles.
 constexpr int64_t kMaxFusedChannels = 512;
+struct FusedBlockOutput {
+  torch::Tensor features;  // (N, C0 + layers * growth, H, W), channels-last
+  torch::Tensor pooled;    // (N, C0 + layers * growth) mean over (H, W); undefined without `pool`
+};
+// x: (N,C0,H,W) -> block output and, with `pool`, its global average pool
+FusedBlockOutput dense_block_fused(const torch::Tensor& x, const std::vector<DenseLayer>& layers, bool pool = false);
+
+/// One dense block in evaluation mode (BatchNorm with running statistics), without
+/// autograd: one channels-last feature buffer that each layer's BatchNorm+ReLU reads
+/// its input channels from and its convolution's output is written into, instead of
+/// re-concatenating all earlier maps for every layer.
 // x: (N,C0,H,W) -> block output (N, C0 + layers * growth, H, W), channels-last
-torch::Tensor dense_block_fused(const torch::Tensor& x, const std::vector<DenseLayer>& layers);
+torch::Tensor dense_block_inference(const torch::Tensor& x, const std::vector<DenseLayer>& layers);
 
 }  // namespace liondg

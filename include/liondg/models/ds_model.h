@@ -80,14 +80,23 @@ class Taps {
   explicit Taps(std::vector<std::string> wanted);
   /// Records `x` under `name` if it was requested; returns `x` unchanged.
   const torch::Tensor& tap(const std::string& name, const torch::Tensor& x);
+  /// Same, with x's global average pool over (H,W), (N,C), computed by the backbone
+  /// (a fused block whose backward takes the pool's gradient directly). A head that
+  /// starts with global average pooling then reads `pooled` instead of `x`.
+  const torch::Tensor& tap(const std::string& name, const torch::Tensor& x, const torch::Tensor& pooled);
+  /// Whether a head reads `name`.
+  bool wants(const std::string& name) const;
   /// The tensor recorded under `name`; throws naming the missing tap.
   const torch::Tensor& at(const std::string& name) const;
   bool has(const std::string& name) const { return recorded_.count(name) > 0; }
+  /// The pooled tensor recorded with `name`; undefined if none was.
+  torch::Tensor pooled(const std::string& name) const;
   const std::vector<std::string>& wanted() const { return wanted_; }
 
  private:
   std::vector<std::string> wanted_;
   std::map<std::string, torch::Tensor> recorded_;
+  std::map<std::string, torch::Tensor> pooled_;
 };
 
 // ------------------------------------------------------------------ model base
@@ -115,6 +124,8 @@ class DSModelImpl : public torch::nn::Module {
   /// Lets a model use a fused training fast path that is first-order only (no double
   /// backward). The trainer turns it on for its loop and off afterwards; default: no-op.
   virtual void set_fused_training(bool /*enabled*/) {}
+  /// Lets a model use a fused fast path when evaluating without gradients; default: no-op.
+  virtual void set_fused_inference(bool /*enabled*/) {}
 
   int64_t num_aux_heads() const { return static_cast<int64_t>(aux_specs_.size()); }
   /// The tap point each auxiliary head reads, in head order.
