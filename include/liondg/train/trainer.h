@@ -65,8 +65,10 @@ struct TrainOptions {
   /// Channels-last (NHWC) activations and convolution weights: the same model, about
   /// 10% faster on oneDNN CPUs; results equal the NCHW path within float rounding.
   TORCH_ARG(bool, channels_last) = true;
-  /// Fused training fast paths of the model (DenseNet-DS: `dense_block_fused`) inside
-  /// the training loop; equal to the layer-by-layer path within float rounding.
+  /// Fused fast paths of the model (DenseNet-DS: `dense_block_fused` for the steps,
+  /// `dense_block_inference` for the evaluations) inside the training loop; equal to
+  /// the layer-by-layer path within float rounding. After the loop, evaluation's fast
+  /// path is on again and training's off (the model's defaults).
   TORCH_ARG(bool, fused) = true;
   /// Seed of the data order and augmentation (model init is seeded by the caller).
   TORCH_ARG(uint64_t, seed) = 42;
