@@ -114,14 +114,15 @@ LIONDG_MULTIVERSION
 void backward_input_range(const float* __restrict f, const float* __restrict act, const float* __restrict da,
                           int64_t begin, int64_t end, int64_t ct, int64_t c, const float* __restrict mean,
                           const float* __restrict invstd, const float* __restrict scale,
-                          const float* __restrict mdz, const float* __restrict mdzx, float* __restrict g,
-                          float* __restrict out, float* __restrict tail, int64_t k) {
+                          const float* __restrict mdz, const float* __restrict mdzx, float* g, float* out,
+                          float* __restrict tail, int64_t k) {
   for (int64_t p = begin; p < end; ++p) {
     const float* __restrict row = f + p * ct;
     const float* __restrict ar = act + p * c;
     const float* __restrict dr = da + p * c;
-    const float* __restrict gr = g + p * ct;
-    float* __restrict dst = out != nullptr ? out + p * c : g + p * ct;
+    // gr and dst are the same row when writing back into G: not __restrict.
+    const float* gr = g + p * ct;
+    float* dst = out != nullptr ? out + p * c : g + p * ct;
     for (int64_t j = 0; j < c; ++j) {
       const float dz = ar[j] > 0.0f ? dr[j] : 0.0f;
       const float xhat = (row[j] - mean[j]) * invstd[j];
