@@ -99,30 +99,39 @@ TEST(Train, FastPathMatchesTheStraightforwardPath) {
       init_model_(*model, "he");  // nonzero aux heads: every gradient path is exercised
       return model;
     };
-    // One step's gradients.
+    // One step's gradients. 16x16 inputs: both DenseNet transitions are computed by
+    // the blocks before them (BlockTail); 14x14: the second transition's 7x7 input is
+    // not tiled by its 2x2 pooling, so that one runs on its own.
     DataSource data = testing::tiny_data(/*seed=*/11);
-    const torch::Tensor x = normalize(data.train.images.narrow(0, 0, 32), channel_stats(data.train.images));
     const torch::Tensor y = data.train.labels.narrow(0, 0, 32);
-    std::shared_ptr<DSModelImpl> plain = make(), fast = make();
-    to_channels_last_(*fast);
-    fast->set_fused_training(true);
-    compute_losses(plain->forward(x), y, 0.3).total.backward();
-    compute_losses(fast->forward(x.contiguous(torch::MemoryFormat::ChannelsLast)), y, 0.3).total.backward();
-    const auto pp = plain->named_parameters(), fp = fast->named_parameters();
-    for (const auto& item : pp) {
-      const torch::Tensor& g0 = item.value().grad();
-      const torch::Tensor& g1 = fp[item.key()].grad();
-      ASSERT_TRUE(g0.defined() && g1.defined()) << name << " " << item.key();
-      EXPECT_LE((g0 - g1).norm().item<double>(), 1e-4 * g0.norm().item<double>() + 1e-12) << name << " " << item.key();
-      if (item.value().dim() == 4) {
-        EXPECT_TRUE(fp[item.key()].is_contiguous(torch::MemoryFormat::ChannelsLast));
+    for (int64_t size : {16, 14}) {
+      const torch::Tensor x = size == 16
+                                  ? normalize(data.train.images.narrow(0, 0, 32), channel_stats(data.train.images))
+                                  : torch::randn({32, 3, size, size});
+      const std::string case_name = name + " size " + std::to_string(size);
+      std::shared_ptr<DSModelImpl> plain = make(), fast = make();
+      to_channels_last_(*fast);
+      fast->set_fused_training(true);
+      compute_losses(plain->forward(x), y, 0.3).total.backward();
+      compute_losses(fast->forward(x.contiguous(torch::MemoryFormat::ChannelsLast)), y, 0.3).total.backward();
+      const auto pp = plain->named_parameters(), fp = fast->named_parameters();
+      for (const auto& item : pp) {
+        const torch::Tensor& g0 = item.value().grad();
+        const torch::Tensor& g1 = fp[item.key()].grad();
+        ASSERT_TRUE(g0.defined() && g1.defined()) << case_name << " " << item.key();
+        EXPECT_LE((g0 - g1).norm().item<double>(), 1e-4 * g0.norm().item<double>() + 1e-12)
+            << case_name << " " << item.key();
+        if (item.value().dim() == 4) {
+          EXPECT_TRUE(fp[item.key()].is_contiguous(torch::MemoryFormat::ChannelsLast));
+        }
       }
-    }
-    // The fused block updates BatchNorm's running statistics like BatchNorm2d.
-    const auto pb = plain->named_buffers(), fb = fast->named_buffers();
-    for (const auto& item : pb) {
-      const torch::Tensor d = (item.value().to(torch::kFloat64) - fb[item.key()].to(torch::kFloat64)).abs();
-      EXPECT_LE(d.max().item<double>(), 1e-5 * (1 + item.value().abs().max().item<double>())) << name << " " << item.key();
+      // The fused block updates BatchNorm's running statistics like BatchNorm2d.
+      const auto pb = plain->named_buffers(), fb = fast->named_buffers();
+      for (const auto& item : pb) {
+        const torch::Tensor d = (item.value().to(torch::kFloat64) - fb[item.key()].to(torch::kFloat64)).abs();
+        EXPECT_LE(d.max().item<double>(), 1e-5 * (1 + item.value().abs().max().item<double>()))
+            << case_name << " " << item.key();
+      }
     }
     // Whole training runs.
     std::vector<Collector> records(2);
@@ -185,13 +194,96 @@ TEST(Train, FusedInferenceMatchesTheStraightforwardPath) {
   // The block alone: the same buffer layout as the concatenation.
   torch::InferenceMode inference;
   const torch::Tensor h = torch::randn({4, 12, 6, 6});
-  const torch::Tensor block = dense_block_inference(h, model->blocks()[0]);
+  const torch::Tensor block = dense_block_inference(h, model->blocks()[0]).features;
   std::vector<torch::Tensor> maps{h};
   for (DenseLayer layer : model->blocks()[0]) maps.push_back(layer->forward(torch::cat(maps, /*dim=*/1)));
   const torch::Tensor expected = torch::cat(maps, /*dim=*/1);
   EXPECT_TRUE(block.is_contiguous(torch::MemoryFormat::ChannelsLast));
   EXPECT_LE((block - expected).abs().max().item<double>(), 1e-5 * (1 + expected.abs().max().item<double>()));
   torch::set_num_threads(threads_before);
+}
+
+// A fused block's tail (BatchNorm+ReLU+average pooling of the block output, computed
+// from the block's own statistics) against the same layers applied one by one: values,
+// every gradient (block input, dense layers, the tail's BatchNorm) and running
+// statistics, for the transition's 2x2 tiles, 3x3 tiles and one 6x6 tile (the final
+// global pool), training and evaluation, with gradients reaching the block output
+// directly as well as through the tail.
+// Tolerances as in FastPathMatchesTheStraightforwardPath.
+TEST(Train, FusedBlockTailMatchesTheStraightforwardPath) {
+  const int threads_before = torch::get_num_threads();
+  for (int threads : {1, 2})
+  for (int64_t window : {2, 3, 6}) {  // 6: one tile, the global pool
+    torch::set_num_threads(threads);
+    const std::string name = "threads " + std::to_string(threads) + " window " + std::to_string(window);
+    auto make = [&] {
+      torch::manual_seed(21);
+      DenseNetDS model(testing::tiny_densenet());
+      init_model_(*model, "he");
+      torch::nn::BatchNorm2d norm(model->block_channels()[0]);
+      torch::NoGradGuard no_grad;
+      norm->weight.uniform_(0.5, 1.5);  // away from the (1, 0) init, so the affine map matters
+      norm->bias.uniform_(-0.5, 0.5);
+      return std::make_pair(model, norm);
+    };
+    auto [plain_model, plain_norm] = make();
+    auto [fast_model, fast_norm] = make();
+    torch::manual_seed(22);
+    const torch::Tensor x0 = torch::randn({5, 12, 6, 6});
+    const torch::Tensor weight_tail = torch::randn({5, 24, 6 / window, 6 / window});
+    const torch::Tensor weight_features = torch::randn({5, 24, 6, 6});
+    // The layer-by-layer block, its output normalized, rectified and pooled.
+    const torch::Tensor xp = x0.clone().requires_grad_(true);
+    std::vector<torch::Tensor> maps{xp};
+    for (DenseLayer layer : plain_model->blocks()[0]) maps.push_back(layer->forward(torch::cat(maps, /*dim=*/1)));
+    const torch::Tensor features = torch::cat(maps, /*dim=*/1);
+    const torch::Tensor tail = torch::avg_pool2d(plain_norm->forward(features).relu(), /*kernel_size=*/{window, window});
+    ((tail * weight_tail).sum() + (features * weight_features).sum()).backward();
+    // The fused block with the tail.
+    const torch::Tensor xf = x0.clone().requires_grad_(true);
+    const FusedBlockOutput out =
+        dense_block_fused(xf, fast_model->blocks()[0], /*pool=*/false, BlockTail{fast_norm, window});
+    ASSERT_TRUE(out.tail.defined()) << name;
+    ASSERT_EQ(out.tail.sizes(), tail.sizes()) << name;
+    const auto close = [](const torch::Tensor& a, const torch::Tensor& b, double tol) {
+      return (a - b).norm().item<double>() <= tol * a.norm().item<double>() + 1e-12;
+    };
+    EXPECT_TRUE(close(tail, out.tail, 1e-5)) << name;
+    ((out.tail * weight_tail).sum() + (out.features * weight_features).sum()).backward();
+    EXPECT_TRUE(close(xp.grad(), xf.grad(), 1e-4)) << name;
+    const auto pp = plain_model->named_parameters(), fp = fast_model->named_parameters();
+    for (const auto& item : pp) {
+      if (item.key().rfind("block1_", 0) != 0) continue;
+      ASSERT_TRUE(fp[item.key()].grad().defined()) << name << " " << item.key();
+      EXPECT_TRUE(close(item.value().grad(), fp[item.key()].grad(), 1e-4)) << name << " " << item.key();
+    }
+    EXPECT_TRUE(close(plain_norm->weight.grad(), fast_norm->weight.grad(), 1e-4)) << name;
+    EXPECT_TRUE(close(plain_norm->bias.grad(), fast_norm->bias.grad(), 1e-4)) << name;
+    EXPECT_TRUE(close(plain_norm->running_mean, fast_norm->running_mean, 1e-5)) << name;
+    EXPECT_TRUE(close(plain_norm->running_var, fast_norm->running_var, 1e-5)) << name;
+    EXPECT_EQ(fast_norm->num_batches_tracked.item<int64_t>(), 1) << name;
+    // Evaluation: running statistics (the ones just updated).
+    {
+      torch::InferenceMode inference;
+      plain_model->eval();
+      plain_norm->eval();
+      std::vector<torch::Tensor> eval_maps{x0};
+      for (DenseLayer layer : plain_model->blocks()[0]) {
+        eval_maps.push_back(layer->forward(torch::cat(eval_maps, /*dim=*/1)));
+      }
+      const torch::Tensor expected =
+          torch::avg_pool2d(plain_norm->forward(torch::cat(eval_maps, /*dim=*/1)).relu(), {window, window});
+      const FusedBlockOutput eval_out = dense_block_inference(x0, fast_model->blocks()[0], BlockTail{fast_norm, window});
+      EXPECT_TRUE(close(expected, eval_out.tail, 1e-5)) << name;
+    }
+  }
+  torch::set_num_threads(threads_before);
+  // A window that does not tile the map is refused, naming the sizes.
+  DenseNetDS model(testing::tiny_densenet());
+  torch::nn::BatchNorm2d norm(model->block_channels()[0]);
+  testing::expect_throws<c10::Error>(
+      [&] { dense_block_fused(torch::randn({2, 12, 5, 5}), model->blocks()[0], /*pool=*/false, BlockTail{norm, 2}); },
+      {"window 2", "must tile the 5x5 map"});
 }
 
 TEST(Train, StepsToTargetIsTheFirstFullWindowAtTarget) {

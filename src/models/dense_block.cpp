@@ -15,6 +15,11 @@
 // channel statistics, and the pass that finishes dF[:, C_l - k : C_l) also writes it
 // out contiguously as the next (earlier) layer's conv output gradient; layer 0's pass
 // writes the block input's gradient straight into its own tensor.
+// The optional tail (BlockTail) is one more BatchNorm+ReLU reading all Ct channels,
+// followed by average pooling over w x w tiles; it reuses the block's statistics:
+//   forward:  T[q, :] = mean over the tile's pixels p of relu(F[p, :] * aT + bT)
+//   backward: dZ_p = (F[p] * aT + bT > 0) * dT[q] / w^2, summed and applied as above;
+//             its input pass also starts dF (with F's and the pool's own gradients).
 
 #include <liondg/models/densenet_ds.h>
 
@@ -157,6 +162,114 @@ void grad_init_range(const float* __restrict src, const float* __restrict pool, 
   }
 }
 
+// The tail's tiles: output pixel q of the (N, H/w, W/w) grid covers the w x w input
+// pixels first(q) + dy * W + dx.
+struct Tiles {
+  int64_t h, w, window;
+  int64_t first(int64_t q) const {
+    const int64_t ho = h / window, wo = w / window;
+    const int64_t n = q / (ho * wo), r = q % (ho * wo);
+    return (n * h + (r / wo) * window) * w + (r % wo) * window;
+  }
+  int64_t outputs(int64_t n) const { return n * (h / window) * (w / window); }
+  int64_t area() const { return window * window; }
+};
+
+// Over output pixels [begin, end): out[q, j] = mean over q's tile of relu(F[p, j] * a[j] + b[j]).
+LIONDG_MULTIVERSION
+void tail_forward_range(const float* __restrict f, Tiles tiles, int64_t begin, int64_t end, int64_t ct,
+                        const float* __restrict a, const float* __restrict b, float* __restrict out) {
+  float acc[kMaxFusedChannels];
+  const float inv_area = 1.0f / static_cast<float>(tiles.area());
+  for (int64_t q = begin; q < end; ++q) {
+    for (int64_t j = 0; j < ct; ++j) acc[j] = 0.0f;
+    const int64_t p0 = tiles.first(q);
+    for (int64_t dy = 0; dy < tiles.window; ++dy) {
+      for (int64_t dx = 0; dx < tiles.window; ++dx) {
+        const float* __restrict row = f + (p0 + dy * tiles.w + dx) * ct;
+        for (int64_t j = 0; j < ct; ++j) {
+          const float z = row[j] * a[j] + b[j];
+          acc[j] += z > 0.0f ? z : 0.0f;
+        }
+      }
+    }
+    float* __restrict o = out + q * ct;
+    for (int64_t j = 0; j < ct; ++j) o[j] = acc[j] * inv_area;
+  }
+}
+
+// Over output pixels [begin, end): s1[j] += sum dZ, s2[j] += sum dZ * xhat over each
+// tile's pixels, dZ = (F * a + b > 0) * dT[q, j] / w^2, xhat = (F - mean) * invstd.
+LIONDG_MULTIVERSION
+void tail_sums_range(const float* __restrict f, const float* __restrict dt, Tiles tiles, int64_t begin,
+                     int64_t end, int64_t ct, const float* __restrict a, const float* __restrict b,
+                     const float* __restrict mean, const float* __restrict invstd, double* __restrict s1,
+                     double* __restrict s2) {
+  float b1[kMaxFusedChannels], b2[kMaxFusedChannels], d[kMaxFusedChannels];
+  const float inv_area = 1.0f / static_cast<float>(tiles.area());
+  const int64_t per_block = std::max<int64_t>(1, kBlock / tiles.area());
+  for (int64_t start = begin; start < end; start += per_block) {
+    const int64_t stop = std::min(end, start + per_block);
+    for (int64_t j = 0; j < ct; ++j) b1[j] = b2[j] = 0.0f;
+    for (int64_t q = start; q < stop; ++q) {
+      for (int64_t j = 0; j < ct; ++j) d[j] = dt[q * ct + j] * inv_area;
+      const int64_t p0 = tiles.first(q);
+      for (int64_t dy = 0; dy < tiles.window; ++dy) {
+        for (int64_t dx = 0; dx < tiles.window; ++dx) {
+          const float* __restrict row = f + (p0 + dy * tiles.w + dx) * ct;
+          for (int64_t j = 0; j < ct; ++j) {
+            const float dz = row[j] * a[j] + b[j] > 0.0f ? d[j] : 0.0f;
+            b1[j] += dz;
+            b2[j] += dz * ((row[j] - mean[j]) * invstd[j]);
+          }
+        }
+      }
+    }
+    for (int64_t j = 0; j < ct; ++j) {
+      s1[j] += b1[j];
+      s2[j] += b2[j];
+    }
+  }
+}
+
+// Over output pixels [begin, end), for each pixel p of q's tile:
+// G[p, j] = src[p, j] (if set) + pool[n, j] / HW (if set) + scale[j] * (dZ - mdz[j] - xhat * mdzx[j]),
+// dZ and xhat as in tail_sums_range: the block output's first gradient with the tail's.
+LIONDG_MULTIVERSION
+void tail_grad_init_range(const float* __restrict src, const float* __restrict pool, const float* __restrict f,
+                          const float* __restrict dt, Tiles tiles, int64_t begin, int64_t end, int64_t ct,
+                          const float* __restrict a, const float* __restrict b, const float* __restrict mean,
+                          const float* __restrict invstd, const float* __restrict scale,
+                          const float* __restrict mdz, const float* __restrict mdzx, float* __restrict g) {
+  float base[kMaxFusedChannels], d[kMaxFusedChannels];
+  const float inv_area = 1.0f / static_cast<float>(tiles.area());
+  const int64_t hw = tiles.h * tiles.w;
+  for (int64_t q = begin; q < end; ++q) {
+    const int64_t p0 = tiles.first(q);
+    const float* __restrict pr = pool != nullptr ? pool + (p0 / hw) * ct : nullptr;
+    for (int64_t j = 0; j < ct; ++j) {
+      d[j] = dt[q * ct + j] * inv_area;
+      base[j] = pr != nullptr ? pr[j] / static_cast<float>(hw) : 0.0f;
+    }
+    for (int64_t dy = 0; dy < tiles.window; ++dy) {
+      for (int64_t dx = 0; dx < tiles.window; ++dx) {
+        const int64_t p = p0 + dy * tiles.w + dx;
+        const float* __restrict row = f + p * ct;
+        float* __restrict gr = g + p * ct;
+        for (int64_t j = 0; j < ct; ++j) {
+          const float dz = row[j] * a[j] + b[j] > 0.0f ? d[j] : 0.0f;
+          const float xhat = (row[j] - mean[j]) * invstd[j];
+          gr[j] = base[j] + scale[j] * (dz - mdz[j] - xhat * mdzx[j]);
+        }
+        if (src != nullptr) {
+          const float* __restrict sr = src + p * ct;
+          for (int64_t j = 0; j < ct; ++j) gr[j] += sr[j];
+        }
+      }
+    }
+  }
+}
+
 // dst[p * ds : p * ds + c) = src[p * ss : p * ss + c) over pixels [begin, end).
 LIONDG_MULTIVERSION
 void copy_rows_range(const float* __restrict src, int64_t ss, int64_t begin, int64_t end, int64_t c,
@@ -234,6 +347,68 @@ void bn_relu_backward_input(const float* f, const float* act, const float* da, i
   });
 }
 
+void tail_forward(const float* f, Tiles tiles, int64_t n, int64_t ct, const float* a, const float* b, float* out) {
+  const int64_t grain = std::max<int64_t>(1, kGrain / tiles.area());
+  at::parallel_for(0, tiles.outputs(n), grain,
+                   [&](int64_t begin, int64_t end) { tail_forward_range(f, tiles, begin, end, ct, a, b, out); });
+}
+
+void tail_sums(const float* f, const float* dt, Tiles tiles, int64_t n, int64_t ct, const float* a, const float* b,
+               const float* mean, const float* invstd, double* sdz, double* sdzx) {
+  const int threads = at::get_num_threads();
+  std::vector<double> s1(static_cast<size_t>(threads * ct), 0.0), s2(static_cast<size_t>(threads * ct), 0.0);
+  const int64_t grain = std::max<int64_t>(1, kGrain / tiles.area());
+  at::parallel_for(0, tiles.outputs(n), grain, [&](int64_t begin, int64_t end) {
+    const int64_t t = at::get_thread_num();
+    tail_sums_range(f, dt, tiles, begin, end, ct, a, b, mean, invstd, s1.data() + t * ct, s2.data() + t * ct);
+  });
+  for (int64_t j = 0; j < ct; ++j) {
+    sdz[j] = 0;
+    sdzx[j] = 0;
+    for (int t = 0; t < threads; ++t) {
+      sdz[j] += s1[static_cast<size_t>(t * ct + j)];
+      sdzx[j] += s2[static_cast<size_t>(t * ct + j)];
+    }
+  }
+}
+
+void tail_grad_init(const float* src, const float* pool, const float* f, const float* dt, Tiles tiles, int64_t n,
+                    int64_t ct, const float* a, const float* b, const float* mean, const float* invstd,
+                    const float* scale, const float* mdz, const float* mdzx, float* g) {
+  const int64_t grain = std::max<int64_t>(1, kGrain / tiles.area());
+  at::parallel_for(0, tiles.outputs(n), grain, [&](int64_t begin, int64_t end) {
+    tail_grad_init_range(src, pool, f, dt, tiles, begin, end, ct, a, b, mean, invstd, scale, mdz, mdzx, g);
+  });
+}
+
+// BatchNorm's affine map y = x * a + b for given statistics: a = gamma * invstd,
+// b = beta - mean * a. The same expression in a fused block's forward and backward,
+// so both see the same ReLU mask.
+std::pair<torch::Tensor, torch::Tensor> affine_of(const torch::Tensor& gamma, const torch::Tensor& beta,
+                                                  const torch::Tensor& mean, const torch::Tensor& invstd) {
+  torch::Tensor a = (gamma * invstd).contiguous();
+  torch::Tensor b = (beta - mean * a).contiguous();
+  return {a, b};
+}
+
+// From a BatchNorm's backward sums over P pixels (sdz = sum dZ, sdzx = sum dZ * xhat):
+// the input pass's per-channel scalars and the affine parameters' gradients.
+void bn_scalars(const std::vector<double>& sdz, const std::vector<double>& sdzx, int64_t pixels, const float* gamma,
+                const float* invstd, std::vector<float>& scale, std::vector<float>& mdz, std::vector<float>& mdzx,
+                float* dgamma, float* dbeta) {
+  const size_t c = sdz.size();
+  scale.resize(c);
+  mdz.resize(c);
+  mdzx.resize(c);
+  for (size_t j = 0; j < c; ++j) {
+    scale[j] = gamma[j] * invstd[j];
+    mdz[j] = static_cast<float>(sdz[j] / static_cast<double>(pixels));
+    mdzx[j] = static_cast<float>(sdzx[j] / static_cast<double>(pixels));
+    dgamma[j] = static_cast<float>(sdzx[j]);
+    dbeta[j] = static_cast<float>(sdz[j]);
+  }
+}
+
 torch::Tensor channels_last(const torch::Tensor& t) { return t.contiguous(torch::MemoryFormat::ChannelsLast); }
 
 // Large per-step buffers (the feature buffer, its gradient, the BN-ReLU outputs) are
@@ -255,15 +430,20 @@ torch::Tensor pooled_empty_channels_last(int64_t n, int64_t c, int64_t h, int64_
 }
 
 struct DenseBlockFunction : public torch::autograd::Function<DenseBlockFunction> {
-  // params: per layer {gamma, beta, conv weight}; buffers: per layer {running_mean, running_var}.
-  // Returns {F, pooled}: pooled = F's mean over (H,W), (N, Ct), if `pool`, else (N, 0).
+  // params: per layer {gamma, beta, conv weight}, then the tail's {gamma, beta};
+  // buffers: per layer {running_mean, running_var}, then the tail's. tail_window = 0: no tail.
+  // Returns {F, pooled, tail}: pooled = F's mean over (H,W), (N, Ct), if `pool`, else
+  // (N, 0); tail = BlockTail's output (N, Ct, H/w, W/w) if tail_window > 0, else (N, 0).
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& x, at::TensorList params,
-                               std::vector<torch::Tensor> buffers, double eps, double momentum, bool pool) {
-    const int64_t layers = static_cast<int64_t>(params.size()) / 3;
+                               std::vector<torch::Tensor> buffers, double eps, double momentum, bool pool,
+                               int64_t tail_window, double tail_eps, double tail_momentum) {
+    const bool has_tail = tail_window > 0;
+    const int64_t layers = (static_cast<int64_t>(params.size()) - (has_tail ? 2 : 0)) / 3;
     const int64_t n = x.size(0), c0 = x.size(1), h = x.size(2), w = x.size(3);
     const int64_t k = params[2].size(0);
     const int64_t ct = c0 + layers * k, pixels = n * h * w;
     torch::Tensor f = pooled_empty_channels_last(n, ct, h, w, x.options());
+    // Statistics of every channel of F; the tail's BatchNorm uses those with tail_eps.
     torch::Tensor mean = torch::empty({ct}, x.options()), invstd = torch::empty({ct}, x.options());
     torch::Tensor var = torch::empty({ct}, x.options());
     float* fp = f.data_ptr<float>();
@@ -276,13 +456,11 @@ struct DenseBlockFunction : public torch::autograd::Function<DenseBlockFunction>
     std::vector<torch::Tensor> saved{f, mean, invstd};
     for (int64_t l = 0; l < layers; ++l) {
       const int64_t c = c0 + l * k;
-      const torch::Tensor& gamma = params[3 * l];
-      const torch::Tensor& beta = params[3 * l + 1];
       const torch::Tensor& weight = params[3 * l + 2];
-      const torch::Tensor a = (gamma * invstd.narrow(0, 0, c)).contiguous();
-      const torch::Tensor b = (beta - mean.narrow(0, 0, c) * a).contiguous();
+      const auto ab = affine_of(params[3 * l], params[3 * l + 1], mean.narrow(0, 0, c), invstd.narrow(0, 0, c));
       torch::Tensor act = pooled_empty_channels_last(n, c, h, w, f.options());
-      bn_relu_forward(fp, pixels, ct, c, a.data_ptr<float>(), b.data_ptr<float>(), act.data_ptr<float>());
+      bn_relu_forward(fp, pixels, ct, c, ab.first.data_ptr<float>(), ab.second.data_ptr<float>(),
+                      act.data_ptr<float>());
       // out: (P, k), written into F[:, c : c + k) by its statistics pass.
       const torch::Tensor out = channels_last(at::convolution(act, weight, /*bias=*/{}, /*stride=*/{1, 1},
                                                               /*padding=*/{1, 1}, /*dilation=*/{1, 1},
@@ -294,33 +472,84 @@ struct DenseBlockFunction : public torch::autograd::Function<DenseBlockFunction>
       buffers[2 * l + 1].mul_(1.0 - momentum).add_(var.narrow(0, 0, c), /*alpha=*/momentum);
       saved.push_back(act);
     }
+    torch::Tensor tail = torch::empty({n, 0}, f.options());
+    torch::Tensor tail_invstd;
+    if (has_tail) {
+      // The block's statistics; with a different eps, invstd from the biased variance
+      // (the unbiased one times (P - 1) / P).
+      if (tail_eps == eps) {
+        tail_invstd = invstd;
+      } else {
+        const torch::Tensor biased = pixels > 1 ? var * (static_cast<double>(pixels - 1) / pixels) : var;
+        tail_invstd = (biased + tail_eps).rsqrt();
+      }
+      const auto ab = affine_of(params[3 * layers], params[3 * layers + 1], mean, tail_invstd);
+      const Tiles tiles{h, w, tail_window};
+      tail = pooled_empty_channels_last(n, ct, h / tail_window, w / tail_window, f.options());
+      tail_forward(fp, tiles, n, ct, ab.first.data_ptr<float>(), ab.second.data_ptr<float>(), tail.data_ptr<float>());
+      buffers[2 * layers].mul_(1.0 - tail_momentum).add_(mean, /*alpha=*/tail_momentum);
+      buffers[2 * layers + 1].mul_(1.0 - tail_momentum).add_(var, /*alpha=*/tail_momentum);
+    } else {
+      tail_invstd = torch::empty({0}, f.options());
+    }
+    saved.push_back(tail_invstd);
     for (const auto& p : params) saved.push_back(p);
     ctx->save_for_backward(saved);
     ctx->saved_data["layers"] = layers;
     ctx->saved_data["c0"] = c0;
+    ctx->saved_data["tail_window"] = tail_window;
     ctx->saved_data["x_channels_last"] = x.is_contiguous(torch::MemoryFormat::ChannelsLast);
+    // An output nothing used (F when its head reads the pool and the tail feeds the
+    // transition) arrives as an undefined gradient, not as a materialized zero tensor.
+    ctx->set_materialize_grads(false);
     torch::Tensor pooled = pool ? f.mean(/*dim=*/{2, 3}) : torch::empty({n, 0}, f.options());
     if (!pool) ctx->mark_non_differentiable({pooled});
-    return {f, pooled};
+    if (!has_tail) ctx->mark_non_differentiable({tail});
+    return {f, pooled, tail};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const variable_list saved = ctx->get_saved_variables();
     const int64_t layers = ctx->saved_data["layers"].toInt();
     const int64_t c0 = ctx->saved_data["c0"].toInt();
+    const int64_t tail_window = ctx->saved_data["tail_window"].toInt();
     const torch::Tensor& f = saved[0];
     const torch::Tensor& mean = saved[1];
     const torch::Tensor& invstd = saved[2];
+    const torch::Tensor& tail_invstd = saved[3 + layers];
+    const auto param = [&](int64_t i) -> const torch::Tensor& { return saved[4 + layers + i]; };
     const int64_t n = f.size(0), ct = f.size(1), h = f.size(2), w = f.size(3), pixels = n * h * w;
     const int64_t k = (ct - c0) / std::max<int64_t>(layers, 1);
     // The gradient of the whole buffer, accumulated in place layer by layer (backwards).
-    // Its initial value: F's gradient plus that of the pooled output, in one pass.
+    // Its initial value: F's gradient plus that of the pooled output, in one pass, and
+    // with a tail, plus the tail's BatchNorm+ReLU+pooling backward in the same pass.
     torch::Tensor g = pooled_empty_channels_last(n, ct, h, w, f.options());
     const torch::Tensor gf = grad_outputs[0].defined() ? channels_last(grad_outputs[0]) : torch::Tensor();
     const torch::Tensor gpool =
         grad_outputs[1].defined() && grad_outputs[1].numel() > 0 ? grad_outputs[1].contiguous() : torch::Tensor();
-    grad_init(gf.defined() ? gf.data_ptr<float>() : nullptr, gpool.defined() ? gpool.data_ptr<float>() : nullptr,
-              h * w, pixels, ct, g.data_ptr<float>());
+    const float* gfp = gf.defined() ? gf.data_ptr<float>() : nullptr;
+    const float* gpp = gpool.defined() ? gpool.data_ptr<float>() : nullptr;
+    torch::Tensor tail_dgamma, tail_dbeta;
+    if (tail_window > 0 && grad_outputs[2].defined()) {
+      const torch::Tensor gt = channels_last(grad_outputs[2]);
+      const auto ab = affine_of(param(3 * layers), param(3 * layers + 1), mean, tail_invstd);
+      const float* ap = ab.first.data_ptr<float>();
+      const float* bp = ab.second.data_ptr<float>();
+      const Tiles tiles{h, w, tail_window};
+      std::vector<double> sdz(static_cast<size_t>(ct)), sdzx(static_cast<size_t>(ct));
+      tail_sums(f.data_ptr<float>(), gt.data_ptr<float>(), tiles, n, ct, ap, bp, mean.data_ptr<float>(),
+                tail_invstd.data_ptr<float>(), sdz.data(), sdzx.data());
+      std::vector<float> scale, mdz, mdzx;
+      tail_dgamma = torch::empty({ct}, f.options());
+      tail_dbeta = torch::empty({ct}, f.options());
+      bn_scalars(sdz, sdzx, pixels, param(3 * layers).data_ptr<float>(), tail_invstd.data_ptr<float>(), scale, mdz,
+                 mdzx, tail_dgamma.data_ptr<float>(), tail_dbeta.data_ptr<float>());
+      tail_grad_init(gfp, gpp, f.data_ptr<float>(), gt.data_ptr<float>(), tiles, n, ct, ap, bp,
+                     mean.data_ptr<float>(), tail_invstd.data_ptr<float>(), scale.data(), mdz.data(), mdzx.data(),
+                     g.data_ptr<float>());
+    } else {
+      grad_init(gfp, gpp, h * w, pixels, ct, g.data_ptr<float>());
+    }
     // The last layer's conv output gradient, (P, k): the last k channels of dF.
     torch::Tensor gout = pooled_empty_channels_last(n, k, h, w, f.options());
     copy_rows(g.data_ptr<float>() + (ct - k), /*ss=*/ct, pixels, k, gout.data_ptr<float>(), /*ds=*/k);
@@ -329,8 +558,7 @@ struct DenseBlockFunction : public torch::autograd::Function<DenseBlockFunction>
     for (int64_t l = layers - 1; l >= 0; --l) {
       const int64_t c = c0 + l * k;
       const torch::Tensor& act = saved[3 + l];
-      const torch::Tensor& gamma = saved[3 + layers + 3 * l];
-      const torch::Tensor& weight = saved[3 + layers + 3 * l + 2];
+      const torch::Tensor& weight = param(3 * l + 2);
       auto grads = at::convolution_backward(gout, act, weight, /*bias_sizes=*/c10::nullopt, /*stride=*/{1, 1},
                                             /*padding=*/{1, 1}, /*dilation=*/{1, 1}, /*transposed=*/false,
                                             /*output_padding=*/{0, 0}, /*groups=*/1, /*output_mask=*/{true, true, false});
@@ -341,17 +569,9 @@ struct DenseBlockFunction : public torch::autograd::Function<DenseBlockFunction>
       bn_relu_backward_sums(f.data_ptr<float>(), act.data_ptr<float>(), da.data_ptr<float>(), pixels, ct, c, mp, ip,
                             sdz.data(), sdzx.data());
       torch::Tensor dgamma = torch::empty({c}, f.options()), dbeta = torch::empty({c}, f.options());
-      std::vector<float> scale(static_cast<size_t>(c)), mdz(static_cast<size_t>(c)), mdzx(static_cast<size_t>(c));
-      const float* gp = gamma.data_ptr<float>();
-      float* dgp = dgamma.data_ptr<float>();
-      float* dbp = dbeta.data_ptr<float>();
-      for (int64_t j = 0; j < c; ++j) {
-        scale[j] = gp[j] * ip[j];
-        mdz[j] = static_cast<float>(sdz[j] / static_cast<double>(pixels));
-        mdzx[j] = static_cast<float>(sdzx[j] / static_cast<double>(pixels));
-        dgp[j] = static_cast<float>(sdzx[j]);
-        dbp[j] = static_cast<float>(sdz[j]);
-      }
+      std::vector<float> scale, mdz, mdzx;
+      bn_scalars(sdz, sdzx, pixels, param(3 * l).data_ptr<float>(), ip, scale, mdz, mdzx, dgamma.data_ptr<float>(),
+                 dbeta.data_ptr<float>());
       // dF[:, c - k : c) is final after this pass: it is layer l - 1's conv output gradient.
       torch::Tensor next_gout;
       if (l > 0) {
@@ -371,14 +591,20 @@ struct DenseBlockFunction : public torch::autograd::Function<DenseBlockFunction>
     variable_list out;
     out.push_back(ctx->saved_data["x_channels_last"].toBool() ? dx : dx.contiguous());
     for (auto& pg : param_grads) out.push_back(pg);
-    // Running-statistics buffers (two per layer), eps, momentum and pool get no gradient.
-    for (int64_t i = 0; i < 2 * layers + 3; ++i) out.emplace_back();
+    if (tail_window > 0) {
+      out.push_back(tail_dgamma);
+      out.push_back(tail_dbeta);
+    }
+    // The buffers and the non-tensor arguments get no gradient (trailing undefined
+    // gradients are dropped by autograd).
+    for (int64_t i = 0; i < 2 * layers + 8; ++i) out.emplace_back();
     return out;
   }
 };
 
 // The fused block's preconditions; returns the block's total channels.
-int64_t check_fusable(const char* what, const torch::Tensor& x, const std::vector<DenseLayer>& layers) {
+int64_t check_fusable(const char* what, const torch::Tensor& x, const std::vector<DenseLayer>& layers,
+                      const BlockTail& tail) {
   TORCH_CHECK(!layers.empty(), what, ": no layers");
   TORCH_CHECK(x.dim() == 4, what, ": (N,C,H,W) input expected, got ", x.sizes());
   const int64_t total = x.size(1) + static_cast<int64_t>(layers.size()) * layers.front()->conv()->weight.size(0);
@@ -389,13 +615,20 @@ int64_t check_fusable(const char* what, const torch::Tensor& x, const std::vecto
     const auto& weight = layer->conv()->weight;
     TORCH_CHECK(weight.size(2) == 3 && weight.size(3) == 3, what, ": 3x3 convolutions expected");
   }
+  if (tail.norm) {
+    TORCH_CHECK(tail.window > 0 && x.size(2) % tail.window == 0 && x.size(3) % tail.window == 0, what,
+                ": the tail's pooling window ", tail.window, " must tile the ", x.size(2), "x", x.size(3), " map");
+    TORCH_CHECK(tail.norm->options.num_features() == total, what, ": the tail's BatchNorm has ",
+                tail.norm->options.num_features(), " channels, the block outputs ", total);
+  }
   return total;
 }
 
 }  // namespace
 
-FusedBlockOutput dense_block_fused(const torch::Tensor& x, const std::vector<DenseLayer>& layers, bool pool) {
-  check_fusable("dense_block_fused", x, layers);
+FusedBlockOutput dense_block_fused(const torch::Tensor& x, const std::vector<DenseLayer>& layers, bool pool,
+                                   const BlockTail& tail) {
+  check_fusable("dense_block_fused", x, layers, tail);
   std::vector<torch::Tensor> params, buffers;
   double eps = 0, momentum = 0;
   for (const auto& layer : layers) {
@@ -409,12 +642,24 @@ FusedBlockOutput dense_block_fused(const torch::Tensor& x, const std::vector<Den
     eps = norm->options.eps();
     momentum = norm->options.momentum().value_or(0.1);
   }
-  variable_list out = DenseBlockFunction::apply(x, at::TensorList(params), buffers, eps, momentum, pool);
-  return {out[0], pool ? out[1] : torch::Tensor()};
+  double tail_eps = 0, tail_momentum = 0;
+  if (tail.norm) {
+    params.push_back(tail.norm->weight);
+    params.push_back(tail.norm->bias);
+    buffers.push_back(tail.norm->running_mean);
+    buffers.push_back(tail.norm->running_var);
+    tail.norm->num_batches_tracked.add_(1);
+    tail_eps = tail.norm->options.eps();
+    tail_momentum = tail.norm->options.momentum().value_or(0.1);
+  }
+  variable_list out = DenseBlockFunction::apply(x, at::TensorList(params), buffers, eps, momentum, pool,
+                                                /*tail_window=*/tail.norm ? tail.window : 0, tail_eps, tail_momentum);
+  return {out[0], pool ? out[1] : torch::Tensor(), tail.norm ? out[2] : torch::Tensor()};
 }
 
-torch::Tensor dense_block_inference(const torch::Tensor& x, const std::vector<DenseLayer>& layers) {
-  const int64_t ct = check_fusable("dense_block_inference", x, layers);
+FusedBlockOutput dense_block_inference(const torch::Tensor& x, const std::vector<DenseLayer>& layers,
+                                       const BlockTail& tail) {
+  const int64_t ct = check_fusable("dense_block_inference", x, layers, tail);
   torch::NoGradGuard no_grad;
   const int64_t n = x.size(0), c0 = x.size(1), h = x.size(2), w = x.size(3), pixels = n * h * w;
   torch::Tensor f = torch::empty({n, ct, h, w}, x.options().memory_format(torch::MemoryFormat::ChannelsLast));
@@ -424,15 +669,17 @@ torch::Tensor dense_block_inference(const torch::Tensor& x, const std::vector<De
   // One BatchNorm+ReLU output buffer for every layer, sized for the widest input.
   const int64_t widest = ct - layers.back()->conv()->weight.size(0);
   const torch::Tensor scratch = torch::empty({pixels * widest}, f.options());
+  // BatchNorm with running statistics as y = x * a + b.
+  const auto running_affine = [](const torch::nn::BatchNorm2d& norm) {
+    return affine_of(norm->weight, norm->bias, norm->running_mean,
+                     (norm->running_var + norm->options.eps()).rsqrt());
+  };
   int64_t c = c0;
   for (const auto& layer : layers) {
-    const auto& norm = layer->norm();
-    // BatchNorm with running statistics as y = x * a + b.
-    const torch::Tensor a = (norm->weight / (norm->running_var + norm->options.eps()).sqrt()).contiguous();
-    const torch::Tensor b = (norm->bias - norm->running_mean * a).contiguous();
+    const auto ab = running_affine(layer->norm());
     // act: (N,c,H,W) channels-last view of the buffer's first P * c floats
     const torch::Tensor act = scratch.narrow(/*dim=*/0, /*start=*/0, pixels * c).view({n, h, w, c}).permute({0, 3, 1, 2});
-    bn_relu_forward(fp, pixels, ct, c, a.data_ptr<float>(), b.data_ptr<float>(), act.data_ptr<float>());
+    bn_relu_forward(fp, pixels, ct, c, ab.first.data_ptr<float>(), ab.second.data_ptr<float>(), act.data_ptr<float>());
     // out: (P, k) into F[:, c : c + k)
     const torch::Tensor out = channels_last(at::convolution(act, layer->conv()->weight, /*bias=*/{}, /*stride=*/{1, 1},
                                                             /*padding=*/{1, 1}, /*dilation=*/{1, 1},
@@ -442,7 +689,15 @@ torch::Tensor dense_block_inference(const torch::Tensor& x, const std::vector<De
     copy_rows(out.data_ptr<float>(), /*ss=*/k, pixels, k, fp + c, /*ds=*/ct);
     c += k;
   }
-  return f;
+  torch::Tensor tail_out;
+  if (tail.norm) {
+    const auto ab = running_affine(tail.norm);
+    tail_out = torch::empty({n, ct, h / tail.window, w / tail.window},
+                            f.options().memory_format(torch::MemoryFormat::ChannelsLast));
+    tail_forward(fp, Tiles{h, w, tail.window}, n, ct, ab.first.data_ptr<float>(), ab.second.data_ptr<float>(),
+                 tail_out.data_ptr<float>());
+  }
+  return {f, torch::Tensor(), tail_out};
 }
 
 }  // namespace liondg

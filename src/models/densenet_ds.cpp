@@ -54,6 +54,10 @@ torch::Tensor TransitionImpl::forward(const torch::Tensor& x) {
   return torch::avg_pool2d(observe(*conv_, conv_->forward(h)), /*kernel_size=*/{2, 2});
 }
 
+torch::Tensor TransitionImpl::forward_pooled(const torch::Tensor& pooled) {
+  return observe(*conv_, conv_->forward(pooled));
+}
+
 DenseNetDSImpl::DenseNetDSImpl(const DenseNetDSOptions& options_)
     : DSModelImpl("DenseNetDS"), options(options_) {
   const auto& o = options;
@@ -97,28 +101,48 @@ DenseNetDSImpl::DenseNetDSImpl(const DenseNetDSOptions& options_)
 }
 
 torch::Tensor DenseNetDSImpl::features(const torch::Tensor& x, Taps& taps) {
+  return backbone(x, taps, /*pool_final=*/false);
+}
+
+torch::Tensor DenseNetDSImpl::backbone(const torch::Tensor& x, Taps& taps, bool pool_final) {
   TORCH_CHECK_VALUE(x.dim() == 4 && x.size(1) == options.in_channels(), "DenseNetDS expects input (N,",
                     options.in_channels(), ",H,W), got ", x.sizes());
   torch::Tensor h = observe(*stem_, stem_->forward(x));
   // The fused block (one feature buffer, hand-written backward) when training with
-  // first-order gradients; the layer-by-layer path otherwise (evaluation, LSUV's
-  // observer, GradInit's second-order objective, synchronized BatchNorm, Fixup/ReZero
-  // layers, no BatchNorm). Evaluation without gradients uses the inference block.
-  const bool fused = fused_ && is_training() && torch::GradMode::is_enabled() && !observing() &&
-                     active_batch_norm_sync() == nullptr &&
-                     options.block() == BlockKind::kStandard && options.batch_norm() && h.device().is_cpu() &&
-                     h.scalar_type() == torch::kFloat32;
-  const bool inference = fused_inference_ && !is_training() && !torch::GradMode::is_enabled() && !observing() &&
-                         options.block() == BlockKind::kStandard && options.batch_norm() && h.device().is_cpu() &&
-                         h.scalar_type() == torch::kFloat32;
+  // first-order gradients, the inference block when evaluating without gradients; the
+  // layer-by-layer path otherwise (LSUV's observer, GradInit's second-order objective,
+  // synchronized BatchNorm, Fixup/ReZero layers, no BatchNorm, not float32 on the CPU).
+  const bool fusable = !observing() && options.block() == BlockKind::kStandard && options.batch_norm() &&
+                       h.device().is_cpu() && h.scalar_type() == torch::kFloat32;
+  const bool grad = torch::GradMode::is_enabled();
+  const bool fused = fusable && fused_ && is_training() && grad && active_batch_norm_sync() == nullptr;
+  const bool inference = fusable && fused_inference_ && !is_training() && !grad;
   for (size_t b = 0; b < blocks_.size(); ++b) {
     const std::string tap = "block" + std::to_string(b + 1);
-    if (fused && block_channels_[b] <= kMaxFusedChannels) {
-      // A head reading this block gets the pool the block computes (see dense_block_fused).
-      const FusedBlockOutput out = dense_block_fused(h, blocks_[b], /*pool=*/taps.wants(tap));
-      h = out.pooled.defined() ? taps.tap(tap, out.features, out.pooled) : taps.tap(tap, out.features);
-    } else if (inference && block_channels_[b] <= kMaxFusedChannels) {
-      h = taps.tap(tap, dense_block_inference(h, blocks_[b]));
+    const bool has_transition = b < transitions_.size();
+    if ((fused || inference) && block_channels_[b] <= kMaxFusedChannels) {
+      // The block also computes what follows it up to a convolution (BlockTail) when
+      // the pooling tiles the map exactly: a transition's BatchNorm+ReLU+2x2 pooling
+      // (the transition then only convolves), or for the last block, with
+      // `pool_final`, the final BatchNorm+ReLU and the main head's global pooling.
+      BlockTail tail;
+      if (has_transition && h.size(2) % tail.window == 0 && h.size(3) % tail.window == 0) {
+        tail.norm = transitions_[b]->norm();
+      } else if (!has_transition && pool_final && h.size(2) == h.size(3)) {
+        tail.norm = final_norm_;
+        tail.window = h.size(2);
+      }
+      // A head reading this block gets the pool the fused block computes.
+      const FusedBlockOutput out = fused ? dense_block_fused(h, blocks_[b], /*pool=*/taps.wants(tap), tail)
+                                         : dense_block_inference(h, blocks_[b], tail);
+      const torch::Tensor& block_out =
+          out.pooled.defined() ? taps.tap(tap, out.features, out.pooled) : taps.tap(tap, out.features);
+      if (out.tail.defined() && has_transition) {
+        h = transitions_[b]->forward_pooled(out.tail);
+        continue;
+      }
+      if (out.tail.defined()) return out.tail;  // (N, C_final, 1, 1)
+      h = block_out;
     } else {
       // Straightforward dense connectivity: each layer reads the concatenation of all
       // earlier feature maps of the block.
@@ -126,14 +150,16 @@ torch::Tensor DenseNetDSImpl::features(const torch::Tensor& x, Taps& taps) {
       for (auto& layer : blocks_[b]) maps.push_back(layer->forward(torch::cat(maps, /*dim=*/1)));
       h = taps.tap(tap, torch::cat(maps, /*dim=*/1));
     }
-    if (b < transitions_.size()) h = transitions_[b]->forward(h);
+    if (has_transition) h = transitions_[b]->forward(h);
   }
   return norm_relu(final_norm_, h);
 }
 
 DSOutput DenseNetDSImpl::forward(const torch::Tensor& x) {
   Taps taps = make_taps();
-  torch::Tensor f = features(x, taps);
+  // The main head starts with global average pooling: the fused paths may hand it the
+  // pooled (N, C, 1, 1) map directly.
+  torch::Tensor f = backbone(x, taps, /*pool_final=*/true);
   return apply_heads(f, taps);
 }
 

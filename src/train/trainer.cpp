@@ -459,15 +459,18 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
   std::unique_ptr<torch::optim::Optimizer> optimizer = make_optimizer(model, o);
   // The fused training fast path for this loop only (it is first-order; callers may
   // need more); --no-fused also evaluates through the straightforward path.
+  // The fused paths for this loop; the model's own settings again afterwards.
   struct FusedScope {
     DSModelImpl& m;
-    FusedScope(DSModelImpl& model, bool on) : m(model) {
+    const bool training_before, inference_before;
+    FusedScope(DSModelImpl& model, bool on)
+        : m(model), training_before(model.fused_training()), inference_before(model.fused_inference()) {
       m.set_fused_training(on);
       m.set_fused_inference(on);
     }
     ~FusedScope() {
-      m.set_fused_training(false);
-      m.set_fused_inference(true);
+      m.set_fused_training(training_before);
+      m.set_fused_inference(inference_before);
     }
   } fused_scope(model, o.fused());
   const std::vector<torch::Tensor> backbone = parameters_of_kind(model, ParamRole::Kind::kBackbone);

@@ -69,6 +69,14 @@ class TransitionImpl : public torch::nn::Module {
   TransitionImpl(int64_t in_channels, int64_t out_channels, bool batch_norm = true);
   // x: (N,C_in,H,W) -> (N,C_out,H/2,W/2)
   torch::Tensor forward(const torch::Tensor& x);
+  /// The convolution alone, applied after the pooling: a 1x1 convolution without bias
+  /// commutes with average pooling, so conv(pool(relu(norm(x)))) equals forward(x) at a
+  /// quarter of the convolution's cost. Used by the fused blocks, which compute
+  /// pool(relu(norm(x))) themselves (see BlockTail).
+  // pooled: (N,C_in,H/2,W/2) -> (N,C_out,H/2,W/2)
+  torch::Tensor forward_pooled(const torch::Tensor& pooled);
+  torch::nn::BatchNorm2d norm() const { return norm_; }
+  torch::nn::Conv2d conv() const { return conv_; }
 
  private:
   torch::nn::BatchNorm2d norm_{nullptr};
@@ -94,10 +102,16 @@ class DenseNetDSImpl : public DSModelImpl {
   void set_fused_training(bool enabled) override { fused_ = enabled; }
   /// Evaluation forward (no gradients) through `dense_block_inference`; on by default.
   void set_fused_inference(bool enabled) override { fused_inference_ = enabled; }
+  bool fused_training() const override { return fused_; }
+  bool fused_inference() const override { return fused_inference_; }
 
   DenseNetDSOptions options;
 
  private:
+  // features(); with `pool_final`, the fused paths may return the final map's global
+  // average pool (N,C_final,1,1) instead (computed by the last block, see BlockTail).
+  torch::Tensor backbone(const torch::Tensor& x, Taps& taps, bool pool_final);
+
   torch::nn::Conv2d stem_{nullptr};
   std::vector<std::vector<DenseLayer>> blocks_;
   std::vector<Transition> transitions_;
@@ -107,6 +121,28 @@ class DenseNetDSImpl : public DSModelImpl {
   bool fused_inference_ = true;
 };
 TORCH_MODULE(DenseNetDS);
+
+/// Widest block (input plus all new channels) the fused blocks handle.
+constexpr int64_t kMaxFusedChannels = 512;
+
+/// What follows a fused block, computed by the block itself: BatchNorm (batch
+/// statistics when training, running statistics when evaluating) + ReLU + average
+/// pooling over non-overlapping `window` x `window` tiles of the block output, i.e. a
+/// transition's layers up to its 1x1 convolution, pooled first (the convolution
+/// commutes with the pooling; see TransitionImpl::forward_pooled). The block already
+/// has the batch statistics of every output channel, so this costs one pass forward
+/// and two backward, and the full-resolution activation is never stored. H and W must
+/// be multiples of `window`. No tail when `norm` is empty.
+struct BlockTail {
+  torch::nn::BatchNorm2d norm{nullptr};
+  int64_t window = 2;
+};
+
+struct FusedBlockOutput {
+  torch::Tensor features;  // (N, C0 + layers * growth, H, W), channels-last
+  torch::Tensor pooled;    // (N, C0 + layers * growth) mean over (H, W); undefined without `pool`
+  torch::Tensor tail;      // (N, C0 + layers * growth, H/window, W/window) channels-last; undefined without a tail
+};
 
 /// One dense block in training mode with one pre-allocated, channels-last feature
 /// buffer: each layer's BatchNorm+ReLU reads its input channels straight from the
@@ -118,20 +154,19 @@ TORCH_MODULE(DenseNetDS);
 /// With `pool`, also returns the output's global average pool, whose gradient the
 /// block's backward adds in the same pass that starts the output's gradient (instead
 /// of autograd materializing the pool's (N,C,H,W) gradient and adding it).
-/// Widest block (input plus all new channels) the fused block handles.
-constexpr int64_t kMaxFusedChannels = 512;
-struct FusedBlockOutput {
-  torch::Tensor features;  // (N, C0 + layers * growth, H, W), channels-last
-  torch::Tensor pooled;    // (N, C0 + layers * growth) mean over (H, W); undefined without `pool`
-};
-// x: (N,C0,H,W) -> block output and, with `pool`, its global average pool
-FusedBlockOutput dense_block_fused(const torch::Tensor& x, const std::vector<DenseLayer>& layers, bool pool = false);
+/// With a `tail`, also returns pool(relu(tail.norm(output))) (see BlockTail); the
+/// tail's BatchNorm running statistics are updated too.
+// x: (N,C0,H,W) -> block output and, with `pool` / `tail`, its pool / tail
+FusedBlockOutput dense_block_fused(const torch::Tensor& x, const std::vector<DenseLayer>& layers, bool pool = false,
+                                   const BlockTail& tail = {});
 
 /// One dense block in evaluation mode (BatchNorm with running statistics), without
 /// autograd: one channels-last feature buffer that each layer's BatchNorm+ReLU reads
 /// its input channels from and its convolution's output is written into, instead of
-/// re-concatenating all earlier maps for every layer.
-// x: (N,C0,H,W) -> block output (N, C0 + layers * growth, H, W), channels-last
-torch::Tensor dense_block_inference(const torch::Tensor& x, const std::vector<DenseLayer>& layers);
+/// re-concatenating all earlier maps for every layer. With a `tail`, also returns
+/// pool(relu(tail.norm(output))) with the tail's running statistics.
+// x: (N,C0,H,W) -> block output (N, C0 + layers * growth, H, W), channels-last, and the tail
+FusedBlockOutput dense_block_inference(const torch::Tensor& x, const std::vector<DenseLayer>& layers,
+                                       const BlockTail& tail = {});
 
 }  // namespace liondg

@@ -126,6 +126,9 @@ class DSModelImpl : public torch::nn::Module {
   virtual void set_fused_training(bool /*enabled*/) {}
   /// Lets a model use a fused fast path when evaluating without gradients; default: no-op.
   virtual void set_fused_inference(bool /*enabled*/) {}
+  /// The current settings of the two switches above (false for a model without them).
+  virtual bool fused_training() const { return false; }
+  virtual bool fused_inference() const { return false; }
 
   int64_t num_aux_heads() const { return static_cast<int64_t>(aux_specs_.size()); }
   /// The tap point each auxiliary head reads, in head order.
