@@ -457,9 +457,9 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
   SyncBatchNormGuard sync_guard(bn_sync.get());
   const double comm_start = comm != nullptr ? comm->blocked_seconds() : 0.0;
   std::unique_ptr<torch::optim::Optimizer> optimizer = make_optimizer(model, o);
-  // The fused training fast path for this loop only (it is first-order; callers may
-  // need more); --no-fused also evaluates through the straightforward path.
-  // The fused paths for this loop; the model's own settings again afterwards.
+  // The fused fast paths for this loop only (training's is first-order; callers may
+  // need more), the model's own settings again afterwards; --no-fused also evaluates
+  // through the straightforward path.
   struct FusedScope {
     DSModelImpl& m;
     const bool training_before, inference_before;
