@@ -11,8 +11,6 @@
 #include <liondg/train/trainer.h>
 
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 
 #include <cstdlib>
 #include <functional>
@@ -22,25 +20,13 @@
 namespace liondg {
 namespace {
 
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
-
 // Runs fn(rank, communicator) on `world` threads joined into one job. Joining is
 // retried on a fresh port (another test process may have taken the free port between
-// free_port() and the store's bind, e.g. under `ctest -j`).
+// free_loopback_port() and the store's bind, e.g. under `ctest -j`).
 void run_ranks(int64_t world, const std::function<void(int64_t, std::shared_ptr<Communicator>)>& fn) {
   constexpr int kAttempts = 3;
   for (int attempt = 1;; ++attempt) {
-    const int port = free_port();
+    const int port = free_loopback_port();
     std::vector<std::shared_ptr<Communicator>> comms(static_cast<size_t>(world));
     std::vector<std::exception_ptr> errors(static_cast<size_t>(world));
     std::vector<std::thread> threads;
@@ -284,7 +270,7 @@ TEST(Distributed, BatchMustSplitEvenlyAndTheStoreMustBeReachable) {
   DistributedEnv env;
   env.rank = 1;
   env.world_size = 2;
-  env.master_port = free_port();
+  env.master_port = free_loopback_port();
   testing::expect_data_error([&] { connect(env, CommunicatorOptions().timeout(std::chrono::milliseconds(1500))); },
                              {"could not join the job at MASTER_ADDR=127.0.0.1"});
 }

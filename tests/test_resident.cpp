@@ -49,8 +49,9 @@ double rel(double a, double b) { return std::abs(a - b) / std::max(1e-12, std::m
 TEST(Resident, AugmentBatchEqualsTheBatcher) {
   DataSource data = testing::tiny_data(/*seed=*/5);
   const ChannelStats stats = channel_stats(data.train.images);
-  const torch::Tensor mean = torch::tensor(stats.mean, torch::kFloat64).to(torch::kFloat32).view({1, 3, 1, 1});
-  const torch::Tensor std = torch::tensor(stats.std, torch::kFloat64).to(torch::kFloat32).view({1, 3, 1, 1});
+  const NormalizeTensors constants = normalize_tensors(stats, torch::kCPU);
+  const torch::Tensor& mean = constants.mean;  // (1,C,1,1)
+  const torch::Tensor& std = constants.std;
   for (int64_t padding : {0, 3}) {
     for (bool hflip : {false, true}) {
       BatcherOptions o;
@@ -114,9 +115,21 @@ TEST(Resident, FlatOptimizerMatchesTorchOptimizers) {
     const torch::Tensor before = flat.params().clone();
     flat.grads().fill_(std::numeric_limits<float>::quiet_NaN());
     EXPECT_FALSE(flat.grads_finite().item<bool>());
+    EXPECT_EQ(flat.first_non_finite_grad().item<int64_t>(), 0);
     flat.step(torch::zeros({}, torch::kBool));
     EXPECT_TRUE(torch::equal(before, flat.params()));
     EXPECT_EQ(flat.steps(), 6);
+    // The first bad element, and the parameter whose gradient holds it.
+    flat.grads().zero_();
+    EXPECT_EQ(flat.first_non_finite_grad().item<int64_t>(), -1);
+    const int64_t at = flat.grads().numel() / 2;
+    flat.grads()[at] = std::numeric_limits<float>::infinity();
+    flat.grads()[at + 1] = std::numeric_limits<float>::quiet_NaN();
+    EXPECT_EQ(flat.first_non_finite_grad().item<int64_t>(), at);
+    EXPECT_FALSE(torch::isfinite(flat.parameter_at(at).grad()).all().item<bool>());
+    EXPECT_TRUE(torch::isfinite(flat.parameter_at(0).grad()).all().item<bool>());
+    EXPECT_THROW(flat.parameter_at(-1), c10::IndexError);
+    EXPECT_THROW(flat.parameter_at(flat.grads().numel()), c10::IndexError);
   }
 }
 
@@ -255,6 +268,25 @@ TEST(Resident, NonFiniteLossStopsWithStatusDiverged) {
   EXPECT_EQ(s.steps_run, 0);
   EXPECT_NE(s.diverged_reason.find("L_aux_1 = "), std::string::npos) << s.diverged_reason;
   EXPECT_NE(s.diverged_reason.find("step 1"), std::string::npos) << s.diverged_reason;
+}
+
+// A finite loss with a NaN gradient (poisoned by a hook on one parameter) is named by
+// the parameter, in both loops.
+TEST(Resident, NonFiniteGradientNamesTheParameter) {
+  DataSource data = testing::tiny_data(2);
+  for (bool resident : {false, true}) {
+    auto model = make_model(false, "he");
+    const auto named = model->named_parameters();
+    const auto& item = named[named.size() / 2];
+    torch::Tensor param = item.value();
+    param.register_hook([](const torch::Tensor& g) { return torch::full_like(g, NAN); });
+    const TrainSummary s = train(*model, data, reference_options().resident(resident).sync_every(5));
+    EXPECT_EQ(s.status, "diverged") << "resident " << resident;
+    EXPECT_EQ(s.steps_run, 0);
+    EXPECT_NE(s.diverged_reason.find("non-finite gradient of '" + item.key() + "' (loss "), std::string::npos)
+        << "resident " << resident << ": " << s.diverged_reason;
+    EXPECT_NE(s.diverged_reason.find("step 1"), std::string::npos) << s.diverged_reason;
+  }
 }
 
 TEST(Resident, RefusesWhatItCannotDo) {

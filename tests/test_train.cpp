@@ -326,6 +326,38 @@ TEST(Train, GradientDiagnosticsAndAwakening) {
   EXPECT_GT(he.records.steps[0].grad_ratio, 0.0);
 }
 
+// train() runs with its options' fused setting and gives the model back its own.
+TEST(Train, FusedOptionIsScopedToTheRun) {
+  struct Observe : RecordSink {
+    DSModelImpl& model;
+    bool training = false, inference = false;
+    explicit Observe(DSModelImpl& m) : model(m) {}
+    void on_step(const StepRecord& /*record*/) override {
+      training = model.fused_training();
+      inference = model.fused_inference();
+    }
+  };
+  DataSource data = testing::tiny_data(/*seed=*/2);
+  auto model = std::make_shared<DenseNetDSImpl>(testing::tiny_densenet());
+  he_init_(*model);
+  for (bool own_training : {false, true}) {
+    for (bool own_inference : {false, true}) {
+      for (bool run_fused : {false, true}) {
+        model->set_fused_training(own_training);
+        model->set_fused_inference(own_inference);
+        Observe seen(*model);
+        const TrainSummary s =
+            train(*model, data, fast_options().steps(2).eval_every(0).fused(run_fused), {&seen});
+        ASSERT_EQ(s.status, "completed") << s.diverged_reason;
+        EXPECT_EQ(seen.training, run_fused);
+        EXPECT_EQ(seen.inference, run_fused);
+        EXPECT_EQ(model->fused_training(), own_training) << own_training << own_inference << run_fused;
+        EXPECT_EQ(model->fused_inference(), own_inference) << own_training << own_inference << run_fused;
+      }
+    }
+  }
+}
+
 TEST(Train, NonFiniteLossStopsWithStatusDiverged) {
   DataSource data = testing::tiny_data(2);
   auto model = std::make_shared<DenseNetDSImpl>(testing::tiny_densenet());

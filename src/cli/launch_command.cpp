@@ -7,13 +7,11 @@
 #include "cli/commands.h"
 
 #include <liondg/errors.h>
+#include <liondg/train/distributed.h>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -42,25 +40,6 @@ struct LaunchOptions {
   double grace_seconds = 5.0;
   std::vector<std::string> command;
 };
-
-// A free TCP port on the loopback interface (the kernel's choice).
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) throw DataError(std::string("liondg launch: cannot open a socket: ") + std::strerror(errno));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof(addr);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    const std::string why = std::strerror(errno);
-    ::close(fd);
-    throw DataError("liondg launch: cannot find a free port: " + why);
-  }
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
 
 std::string self_executable() {
   std::vector<char> buf(4096);
@@ -146,7 +125,7 @@ int run_ranks(const LaunchOptions& o) {
   TORCH_CHECK_VALUE(!o.command.empty(), "liondg launch: no command given; usage: liondg launch --nproc N -- train ...");
   TORCH_CHECK_VALUE(o.command.front() != "launch", "liondg launch: the command cannot be 'launch' itself");
   const std::string exe = self_executable();
-  const int port = o.master_port > 0 ? static_cast<int>(o.master_port) : free_port();
+  const int port = o.master_port > 0 ? static_cast<int>(o.master_port) : free_loopback_port();
   struct sigaction sa {};
   sa.sa_handler = remember_signal;
   sigemptyset(&sa.sa_mask);

@@ -41,15 +41,23 @@ ChannelStats channel_stats(const torch::Tensor& images_in) {
   return stats;
 }
 
-torch::Tensor normalize(const torch::Tensor& images, const ChannelStats& stats) {
+NormalizeTensors normalize_tensors(const ChannelStats& stats, const torch::Device& device) {
   const auto channels = static_cast<int64_t>(stats.mean.size());
+  TORCH_CHECK_VALUE(stats.std.size() == stats.mean.size(), "normalize: ", stats.mean.size(), " means but ",
+                    stats.std.size(), " standard deviations");
+  return {torch::tensor(stats.mean, torch::kFloat64).to(device, torch::kFloat32).view({1, channels, 1, 1}),
+          torch::tensor(stats.std, torch::kFloat64).to(device, torch::kFloat32).view({1, channels, 1, 1})};
+}
+
+torch::Tensor normalize(const torch::Tensor& images, const NormalizeTensors& constants) {
+  const int64_t channels = constants.mean.size(1);
   TORCH_CHECK_VALUE(images.dim() == 4 && images.size(1) == channels, "normalize: expected (N,", channels,
                     ",H,W) images, got ", images.sizes());
-  torch::Tensor mean =
-      torch::tensor(stats.mean, torch::kFloat64).to(images.device(), torch::kFloat32).view({1, channels, 1, 1});
-  torch::Tensor std =
-      torch::tensor(stats.std, torch::kFloat64).to(images.device(), torch::kFloat32).view({1, channels, 1, 1});
-  return (images.to(torch::kFloat32).div_(255.0f) - mean).div_(std);
+  return (images.to(torch::kFloat32).div_(255.0f) - constants.mean).div_(constants.std);
+}
+
+torch::Tensor normalize(const torch::Tensor& images, const ChannelStats& stats) {
+  return normalize(images, normalize_tensors(stats, images.device()));
 }
 
 TrainBatcher::TrainBatcher(const Dataset& data, ChannelStats stats, BatcherOptions options)

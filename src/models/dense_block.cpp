@@ -173,6 +173,8 @@ struct Tiles {
   }
   int64_t outputs(int64_t n) const { return n * (h / window) * (w / window); }
   int64_t area() const { return window * window; }
+  // Output pixels per parallel chunk: about kGrain input pixels.
+  int64_t grain() const { return std::max<int64_t>(1, kGrain / area()); }
 };
 
 // Over output pixels [begin, end): out[q, j] = mean over q's tile of relu(F[p, j] * a[j] + b[j]).
@@ -281,25 +283,41 @@ void copy_rows_range(const float* __restrict src, int64_t ss, int64_t begin, int
   }
 }
 
+// Two per-channel sums over [0, range) in parallel: kernel(begin, end, s1, s2) adds its
+// range's sums of the c channels into s1[0, c) and s2[0, c), one row per thread; the rows
+// are then added up in thread order into out1/out2 (double precision throughout).
+template <typename Kernel>
+void parallel_channel_sums(int64_t range, int64_t grain, int64_t c, double* out1, double* out2, const Kernel& kernel) {
+  const int threads = at::get_num_threads();
+  std::vector<double> s1(static_cast<size_t>(threads * c), 0.0), s2(static_cast<size_t>(threads * c), 0.0);
+  at::parallel_for(0, range, grain, [&](int64_t begin, int64_t end) {
+    const int64_t t = at::get_thread_num();
+    kernel(begin, end, s1.data() + t * c, s2.data() + t * c);
+  });
+  for (int64_t j = 0; j < c; ++j) {
+    double a = 0, b = 0;
+    for (int t = 0; t < threads; ++t) {
+      a += s1[static_cast<size_t>(t * c + j)];
+      b += s2[static_cast<size_t>(t * c + j)];
+    }
+    out1[j] = a;
+    out2[j] = b;
+  }
+}
+
 // Per-channel biased mean, 1/sqrt(var + eps) and unbiased variance of the c channels
 // of src (P rows of stride ss), stored at [c0, c0 + c) of mean/invstd/var_unbiased.
 // If dst is set, src is also copied into it (row stride ds).
 void channel_stats(const float* src, int64_t ss, int64_t pixels, int64_t c, float* dst, int64_t ds, double eps,
                    int64_t c0, float* mean, float* invstd, float* var_unbiased) {
-  const int threads = at::get_num_threads();
-  std::vector<double> sum(static_cast<size_t>(threads * c), 0.0), sq(static_cast<size_t>(threads * c), 0.0);
-  at::parallel_for(0, pixels, kGrain, [&](int64_t begin, int64_t end) {
-    const int64_t t = at::get_thread_num();
-    stats_range(src, ss, begin, end, c, dst, ds, sum.data() + t * c, sq.data() + t * c);
-  });
+  std::vector<double> sum(static_cast<size_t>(c)), sq(static_cast<size_t>(c));
+  parallel_channel_sums(pixels, kGrain, c, sum.data(), sq.data(),
+                        [&](int64_t begin, int64_t end, double* s1, double* s2) {
+                          stats_range(src, ss, begin, end, c, dst, ds, s1, s2);
+                        });
   for (int64_t j = 0; j < c; ++j) {
-    double s = 0, q = 0;
-    for (int t = 0; t < threads; ++t) {
-      s += sum[static_cast<size_t>(t * c + j)];
-      q += sq[static_cast<size_t>(t * c + j)];
-    }
-    const double m = s / static_cast<double>(pixels);
-    const double v = std::max(0.0, q / static_cast<double>(pixels) - m * m);
+    const double m = sum[static_cast<size_t>(j)] / static_cast<double>(pixels);
+    const double v = std::max(0.0, sq[static_cast<size_t>(j)] / static_cast<double>(pixels) - m * m);
     mean[c0 + j] = static_cast<float>(m);
     invstd[c0 + j] = static_cast<float>(1.0 / std::sqrt(v + eps));
     var_unbiased[c0 + j] = static_cast<float>(pixels > 1 ? v * static_cast<double>(pixels) / (pixels - 1) : v);
@@ -323,20 +341,9 @@ void bn_relu_forward(const float* f, int64_t pixels, int64_t ct, int64_t c, cons
 
 void bn_relu_backward_sums(const float* f, const float* act, const float* da, int64_t pixels, int64_t ct, int64_t c,
                            const float* mean, const float* invstd, double* sdz, double* sdzx) {
-  const int threads = at::get_num_threads();
-  std::vector<double> s1(static_cast<size_t>(threads * c), 0.0), s2(static_cast<size_t>(threads * c), 0.0);
-  at::parallel_for(0, pixels, kGrain, [&](int64_t begin, int64_t end) {
-    const int64_t t = at::get_thread_num();
-    backward_sums_range(f, act, da, begin, end, ct, c, mean, invstd, s1.data() + t * c, s2.data() + t * c);
+  parallel_channel_sums(pixels, kGrain, c, sdz, sdzx, [&](int64_t begin, int64_t end, double* s1, double* s2) {
+    backward_sums_range(f, act, da, begin, end, ct, c, mean, invstd, s1, s2);
   });
-  for (int64_t j = 0; j < c; ++j) {
-    sdz[j] = 0;
-    sdzx[j] = 0;
-    for (int t = 0; t < threads; ++t) {
-      sdz[j] += s1[static_cast<size_t>(t * c + j)];
-      sdzx[j] += s2[static_cast<size_t>(t * c + j)];
-    }
-  }
 }
 
 void bn_relu_backward_input(const float* f, const float* act, const float* da, int64_t pixels, int64_t ct, int64_t c,
@@ -348,35 +355,22 @@ void bn_relu_backward_input(const float* f, const float* act, const float* da, i
 }
 
 void tail_forward(const float* f, Tiles tiles, int64_t n, int64_t ct, const float* a, const float* b, float* out) {
-  const int64_t grain = std::max<int64_t>(1, kGrain / tiles.area());
-  at::parallel_for(0, tiles.outputs(n), grain,
+  at::parallel_for(0, tiles.outputs(n), tiles.grain(),
                    [&](int64_t begin, int64_t end) { tail_forward_range(f, tiles, begin, end, ct, a, b, out); });
 }
 
 void tail_sums(const float* f, const float* dt, Tiles tiles, int64_t n, int64_t ct, const float* a, const float* b,
                const float* mean, const float* invstd, double* sdz, double* sdzx) {
-  const int threads = at::get_num_threads();
-  std::vector<double> s1(static_cast<size_t>(threads * ct), 0.0), s2(static_cast<size_t>(threads * ct), 0.0);
-  const int64_t grain = std::max<int64_t>(1, kGrain / tiles.area());
-  at::parallel_for(0, tiles.outputs(n), grain, [&](int64_t begin, int64_t end) {
-    const int64_t t = at::get_thread_num();
-    tail_sums_range(f, dt, tiles, begin, end, ct, a, b, mean, invstd, s1.data() + t * ct, s2.data() + t * ct);
-  });
-  for (int64_t j = 0; j < ct; ++j) {
-    sdz[j] = 0;
-    sdzx[j] = 0;
-    for (int t = 0; t < threads; ++t) {
-      sdz[j] += s1[static_cast<size_t>(t * ct + j)];
-      sdzx[j] += s2[static_cast<size_t>(t * ct + j)];
-    }
-  }
+  parallel_channel_sums(tiles.outputs(n), tiles.grain(), ct, sdz, sdzx,
+                        [&](int64_t begin, int64_t end, double* s1, double* s2) {
+                          tail_sums_range(f, dt, tiles, begin, end, ct, a, b, mean, invstd, s1, s2);
+                        });
 }
 
 void tail_grad_init(const float* src, const float* pool, const float* f, const float* dt, Tiles tiles, int64_t n,
                     int64_t ct, const float* a, const float* b, const float* mean, const float* invstd,
                     const float* scale, const float* mdz, const float* mdzx, float* g) {
-  const int64_t grain = std::max<int64_t>(1, kGrain / tiles.area());
-  at::parallel_for(0, tiles.outputs(n), grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, tiles.outputs(n), tiles.grain(), [&](int64_t begin, int64_t end) {
     tail_grad_init_range(src, pool, f, dt, tiles, begin, end, ct, a, b, mean, invstd, scale, mdz, mdzx, g);
   });
 }

@@ -6,8 +6,15 @@
 #include <c10/util/Exception.h>
 #include <torch/autograd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 
 #if defined(LIONDG_WITH_GLOO)
@@ -164,6 +171,24 @@ std::map<c10::ScalarType, std::vector<torch::Tensor>> by_dtype(const std::vector
 }  // namespace
 
 void Communicator::all_reduce_sum_(const torch::Tensor& tensor) { all_reduce_sum_async(tensor)->wait(); }
+
+int free_loopback_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) throw DataError(std::string("cannot open a socket: ") + std::strerror(errno));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    const std::string why = std::strerror(errno);
+    ::close(fd);
+    throw DataError("cannot find a free loopback port: " + why);
+  }
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
 
 bool distributed_available() {
 #if defined(LIONDG_WITH_GLOO)

@@ -5,6 +5,9 @@
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
 
+#include <algorithm>
+#include <iterator>
+
 namespace liondg {
 
 FlatOptimizer::FlatOptimizer(torch::optim::Optimizer& optimizer) {
@@ -70,6 +73,7 @@ FlatOptimizer::FlatOptimizer(torch::optim::Optimizer& optimizer) {
     if (p.grad().defined()) gv.copy_(p.grad());
     p.set_data(pv);
     p.mutable_grad() = gv;
+    offsets_.push_back(offset);
     offset += n;
   }
   if (adamw_) {
@@ -92,6 +96,21 @@ FlatOptimizer::~FlatOptimizer() {
 void FlatOptimizer::zero_grad() { grads_.zero_(); }
 
 torch::Tensor FlatOptimizer::grads_finite() const { return torch::isfinite(grads_).all(); }
+
+torch::Tensor FlatOptimizer::first_non_finite_grad() const {
+  // argmax returns the first maximal element: the first 1 of the mask, or 0 when none is.
+  const torch::Tensor bad = torch::isfinite(grads_).logical_not_();
+  const torch::Tensor first = bad.to(torch::kUInt8).argmax();
+  return torch::where(bad.any(), first, torch::full({}, -1, first.options()));
+}
+
+const torch::Tensor& FlatOptimizer::parameter_at(int64_t index) const {
+  TORCH_CHECK_INDEX(index >= 0 && index < params_.numel(), "FlatOptimizer: element ", index,
+                    " is outside the packed parameters (", params_.numel(), " elements)");
+  // The last parameter starting at or before `index`.
+  const auto it = std::upper_bound(offsets_.begin(), offsets_.end(), index);
+  return tensors_[static_cast<size_t>(std::distance(offsets_.begin(), it) - 1)];
+}
 
 void FlatOptimizer::step(const torch::Tensor& apply) {
   torch::NoGradGuard no_grad;

@@ -44,7 +44,8 @@ struct RecordLayout {
   int64_t grad_main() const { return 3 + 3 * aux; }
   int64_t grad_aux() const { return 4 + 3 * aux; }
   int64_t finite() const { return 5 + 3 * aux; }
-  int64_t size() const { return 6 + 3 * aux; }
+  int64_t bad_grad() const { return 6 + 3 * aux; }  // first non-finite gradient element, or -1
+  int64_t size() const { return 7 + 3 * aux; }
 };
 
 // sqrt(sum ||g||^2) in float64 on the device; undefined gradients count as zero.
@@ -99,9 +100,9 @@ TrainSummary train_resident(DSModelImpl& model, const DataSource& data, const Tr
   const auto f64 = torch::TensorOptions(device).dtype(torch::kFloat64);
   const torch::Tensor train_images = data.train.images.to(device);
   const torch::Tensor train_labels = data.train.labels.to(device);
-  const auto channels = static_cast<int64_t>(stats.mean.size());
-  const torch::Tensor mean = torch::tensor(stats.mean, torch::kFloat64).to(device, torch::kFloat32).view({1, channels, 1, 1});
-  const torch::Tensor std = torch::tensor(stats.std, torch::kFloat64).to(device, torch::kFloat32).view({1, channels, 1, 1});
+  const NormalizeTensors constants = normalize_tensors(stats, device);
+  const torch::Tensor& mean = constants.mean;  // (1,C,1,1)
+  const torch::Tensor& std = constants.std;
   Dataset eval_split = eval_split_of(data, o);
   eval_split.images = eval_split.images.to(device);
   eval_split.labels = eval_split.labels.to(device);
@@ -180,10 +181,12 @@ TrainSummary train_resident(DSModelImpl& model, const DataSource& data, const Tr
     flat->zero_grad();
     total.backward();
     torch::NoGradGuard no_grad;
-    const torch::Tensor finite = torch::isfinite(total).logical_and(flat->grads_finite());
+    const torch::Tensor bad_grad = flat->first_non_finite_grad();
+    const torch::Tensor finite = torch::isfinite(total).logical_and(bad_grad.lt(0));
     healthy.logical_and_(finite);
     flat->step(healthy);
     row[static_cast<size_t>(rec_layout.finite())] = finite.to(torch::kFloat64);
+    row[static_cast<size_t>(rec_layout.bad_grad())] = bad_grad.to(torch::kFloat64);
     records.index_copy_(/*dim=*/0, slot, torch::stack(row).view({1, rec_layout.size()}));
   };
 
@@ -205,6 +208,16 @@ TrainSummary train_resident(DSModelImpl& model, const DataSource& data, const Tr
     loop.eval_seconds += seconds_since(t0);
     for (auto* s : sinks) s->on_eval(e);
     return e;
+  };
+
+  // The name of the parameter holding flat gradient element `index` (as the CPU loop names it).
+  auto parameter_name = [&](int64_t index) -> std::string {
+    if (index < 0 || index >= flat->params().numel()) return "?";
+    const torch::Tensor& p = flat->parameter_at(index);
+    for (const auto& item : model.named_parameters()) {
+      if (item.value().is_same(p)) return item.key();
+    }
+    return "?";
   };
 
   // Steps launched since the last read-back: their records are rows 0..pending-1.
@@ -238,7 +251,9 @@ TrainSummary train_resident(DSModelImpl& model, const DataSource& data, const Tr
       if (v[rec_layout.finite()] == 0.0) {
         summary.status = "diverged";
         summary.diverged_reason =
-            (std::isfinite(r.loss) ? "non-finite gradient (loss " + std::to_string(r.loss) + ")"
+            (std::isfinite(r.loss) ? "non-finite gradient of '" +
+                                         parameter_name(static_cast<int64_t>(v[rec_layout.bad_grad()])) +
+                                         "' (loss " + std::to_string(r.loss) + ")"
                                    : "non-finite loss (" + first_non_finite(r) + ")") +
             " at step " + std::to_string(r.step);
         pending = 0;

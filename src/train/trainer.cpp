@@ -16,12 +16,11 @@
 #include <torch/serialize/output-archive.h>
 
 #include <atomic>
-#include <sstream>
-
 #include <chrono>
 #include <deque>
 #include <map>
 #include <numeric>
+#include <sstream>
 
 namespace liondg {
 namespace {
@@ -76,6 +75,23 @@ c10::IValue read_value(torch::serialize::InputArchive& archive, const std::strin
   return v;
 }
 
+torch::serialize::InputArchive open_checkpoint(const std::string& path) {
+  if (!is_regular_file(path)) throw DataError("checkpoint '" + path + "' does not exist");
+  torch::serialize::InputArchive archive;
+  try {
+    archive.load_from(path);
+  } catch (const c10::Error& e) {
+    throw DataError("checkpoint '" + path + "' is not a readable liondg checkpoint (truncated or corrupt?): " +
+                    e.what_without_backtrace());
+  }
+  const c10::IValue version = read_value(archive, "liondg/version", path);
+  if (!version.isInt() || version.toInt() != kCheckpointVersion) {
+    throw DataError("checkpoint '" + path + "' has an unsupported format version (expected " +
+                    std::to_string(kCheckpointVersion) + ")");
+  }
+  return archive;
+}
+
 }  // namespace
 
 namespace detail {
@@ -108,31 +124,6 @@ void save_checkpoint(const std::string& path, DSModelImpl& model, const SaveOpti
   archive.save_to(bytes);
   write_file_atomic(path, bytes.str());  // temporary file, fsync, rename
 }
-
-}  // namespace detail
-
-namespace {
-
-torch::serialize::InputArchive open_checkpoint(const std::string& path) {
-  if (!is_regular_file(path)) throw DataError("checkpoint '" + path + "' does not exist");
-  torch::serialize::InputArchive archive;
-  try {
-    archive.load_from(path);
-  } catch (const c10::Error& e) {
-    throw DataError("checkpoint '" + path + "' is not a readable liondg checkpoint (truncated or corrupt?): " +
-                    e.what_without_backtrace());
-  }
-  const c10::IValue version = read_value(archive, "liondg/version", path);
-  if (!version.isInt() || version.toInt() != kCheckpointVersion) {
-    throw DataError("checkpoint '" + path + "' has an unsupported format version (expected " +
-                    std::to_string(kCheckpointVersion) + ")");
-  }
-  return archive;
-}
-
-}  // namespace
-
-namespace detail {
 
 void load_checkpoint(const std::string& path, DSModelImpl& model, const LoadOptimizer& load_optimizer,
                      const std::string& layout, TrainBatcher& batcher, LoopState& loop, const TrainOptions& o) {
@@ -366,9 +357,10 @@ EvalRecord evaluate(DSModelImpl& model, const Dataset& split, const ChannelStats
   torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions(device).dtype(torch::kFloat64));
   {
     torch::InferenceMode guard;
+    const NormalizeTensors constants = normalize_tensors(stats, device);
     for (int64_t start = begin; start < end; start += batch_size) {
       const int64_t n = std::min(batch_size, end - start);
-      torch::Tensor x = normalize(split.images.narrow(0, start, n).to(device), stats);
+      torch::Tensor x = normalize(split.images.narrow(0, start, n).to(device), constants);
       if (channels_last) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
       torch::Tensor y = split.labels.narrow(0, start, n).to(device);
       DSOutput out = model.forward(x);

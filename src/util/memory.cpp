@@ -121,6 +121,10 @@ std::string configure_cpu_allocator() {
     g_caching = new CachingCpuAllocator(c10::GetCPUAllocator());
     c10::SetCPUAllocator(g_caching, /*priority=*/1);
   }
+  // SetCPUAllocator keeps an allocator registered with a higher priority.
+  if (c10::GetCPUAllocator() != g_caching) {
+    return what + "; caching allocator not installed (another CPU allocator has a higher priority)";
+  }
   return what + "; blocks of 32 MiB and more cached for reuse (up to 1 GiB)";
 }
 

@@ -24,8 +24,16 @@ struct ChannelStats {
 /// `images` (uint8 (N,C,H,W)), computed in double precision.
 ChannelStats channel_stats(const torch::Tensor& images);
 
+/// The per-channel constants of normalize(), as float (1,C,1,1) tensors on `device`.
+struct NormalizeTensors {
+  torch::Tensor mean, std;
+};
+NormalizeTensors normalize_tensors(const ChannelStats& stats, const torch::Device& device);
+
 /// uint8 (N,C,H,W) -> float (N,C,H,W): (x / 255 - mean[c]) / std[c].
 torch::Tensor normalize(const torch::Tensor& images, const ChannelStats& stats);
+/// The same with the constants made once (e.g. for every batch of an evaluation).
+torch::Tensor normalize(const torch::Tensor& images, const NormalizeTensors& constants);
 
 struct BatcherOptions {
   int64_t batch_size = 128;

@@ -88,6 +88,11 @@ class Communicator {
 /// Whether this build has c10d Gloo (the headers of libgloo-dev were found).
 bool distributed_available();
 
+/// A free TCP port on the loopback interface (the kernel's choice for an ephemeral
+/// bind); throws DataError when no socket can be opened or bound. Another process may
+/// take it before it is used: callers that bind it retry on failure.
+int free_loopback_port();
+
 /// Joins the job described by `env`: rank 0 starts the c10d TCPStore on
 /// MASTER_PORT, every rank creates a process group of `options.backend()`.
 /// Throws DataError when the store cannot be reached in time or the backend is

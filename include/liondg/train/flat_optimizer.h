@@ -36,6 +36,12 @@ class FlatOptimizer {
   void step(const torch::Tensor& apply);
   /// () bool: every gradient element finite.
   torch::Tensor grads_finite() const;
+  /// () int64 on the device: flat index of the first NaN/Inf gradient element, -1 when
+  /// every element is finite (no host synchronization).
+  torch::Tensor first_non_finite_grad() const;
+  /// The packed parameter (in packing order, as the optimizer's groups list them) that
+  /// holds flat element `index`; throws c10::IndexError outside [0, numel).
+  const torch::Tensor& parameter_at(int64_t index) const;
 
   const torch::Tensor& params() const { return params_; }
   const torch::Tensor& grads() const { return grads_; }
@@ -50,6 +56,7 @@ class FlatOptimizer {
 
  private:
   std::vector<torch::Tensor> tensors_;  // the parameters, in packing order
+  std::vector<int64_t> offsets_;        // tensors_[i] starts at offsets_[i] in the buffers
   torch::Tensor params_, grads_;        // (P) each
   torch::Tensor lr_;                    // (P) learning rate per element
   torch::Tensor lr64_;                  // (P) the same in float64 (AdamW's step size)
