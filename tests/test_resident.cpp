@@ -289,6 +289,39 @@ TEST(Resident, NonFiniteGradientNamesTheParameter) {
   }
 }
 
+// A diverged run leaves the model as the last good step left it: the update of the bad step
+// is skipped, and the BatchNorm running statistics its forward pass had already updated are put
+// back (the resident loop also runs sync_every - 1 more steps before it reads the records).
+TEST(Resident, DivergedRunKeepsTheLastGoodStep) {
+  constexpr int kBadStep = 3;
+  DataSource data = testing::tiny_data(2);
+  for (bool resident : {false, true}) {
+    const TrainOptions o = reference_options().resident(resident).grad_every(0).eval_every(0).sync_every(5);
+    auto good = make_model(false, "he");
+    ASSERT_EQ(train(*good, data, TrainOptions(o).steps(kBadStep - 1)).status, "completed");
+    auto bad = make_model(false, "he");
+    auto backward_passes = std::make_shared<int>(0);
+    bad->named_parameters()[0].value().register_hook([backward_passes](const torch::Tensor& g) {
+      return ++*backward_passes == kBadStep ? torch::full_like(g, NAN) : g;
+    });
+    const TrainSummary s = train(*bad, data, o);
+    ASSERT_EQ(s.status, "diverged") << "resident " << resident;
+    EXPECT_EQ(s.steps_run, kBadStep - 1);
+    EXPECT_NE(s.diverged_reason.find("at step " + std::to_string(kBadStep)), std::string::npos) << s.diverged_reason;
+    const auto good_params = good->named_parameters();
+    for (const auto& p : bad->named_parameters()) {
+      EXPECT_TRUE(torch::equal(p.value(), good_params[p.key()])) << "resident " << resident << ": " << p.key();
+    }
+    const auto good_buffers = good->named_buffers();
+    int64_t checked = 0;
+    for (const auto& b : bad->named_buffers()) {
+      EXPECT_TRUE(torch::equal(b.value(), good_buffers[b.key()])) << "resident " << resident << ": " << b.key();
+      ++checked;
+    }
+    EXPECT_GT(checked, 0);
+  }
+}
+
 TEST(Resident, RefusesWhatItCannotDo) {
   DataSource data = testing::tiny_data(2);
   EXPECT_THROW(train(*make_model(false), data, reference_options().device("tpu")), c10::Error);

@@ -5,11 +5,13 @@
 // Per step, on the device: rows of the uint8 training split are gathered, cropped,
 // mirrored and normalized (augment_batch), the model runs forward and backward on
 // L = L_main + alpha * sum_k L_aux_k, every gradient is checked for NaN/Inf, the
-// FlatOptimizer updates all parameters (skipped from the first non-finite step on),
+// FlatOptimizer updates all parameters (skipped, and the BatchNorm running statistics
+// put back, from the first non-finite step on),
 // and the step's record (losses, accuracies, aux-head weight norms, diagnostics)
 // goes into row `slot` of a record buffer.
 
 #include <liondg/errors.h>
+#include <liondg/models/buffers.h>
 #include <liondg/train/flat_optimizer.h>
 #include <liondg/train/step_graph.h>
 #include <liondg/train/trainer.h>
@@ -136,6 +138,7 @@ TrainSummary train_resident(DSModelImpl& model, const DataSource& data, const Tr
   torch::Tensor alpha = torch::full({}, aux_weight_at(o, loop.step + 1), torch::TensorOptions(device).dtype(torch::kFloat32));
   torch::Tensor records = torch::zeros({slots, rec_layout.size()}, f64);
   torch::Tensor healthy = torch::ones({}, torch::TensorOptions(device).dtype(torch::kBool));  // no non-finite step yet
+  BufferCopy buffers(model);  // BatchNorm running statistics before the step (a bad step's update is undone)
 
   // One training step on the current `input`; `diagnose` adds the gradient probes.
   auto step_fn = [&](bool diagnose) {
@@ -144,6 +147,7 @@ TrainSummary train_resident(DSModelImpl& model, const DataSource& data, const Tr
     const torch::Tensor dx = o.crop_padding() > 0 ? input.narrow(0, 2 * batch, batch) : torch::Tensor();
     const torch::Tensor flip = o.hflip() ? input.narrow(0, 3 * batch, batch).to(torch::kBool) : torch::Tensor();
     const torch::Tensor slot = input.narrow(0, 4 * batch, 1);
+    buffers.save();
     torch::Tensor x = augment_batch(train_images, index, dy, dx, flip, o.crop_padding(), mean, std);
     if (o.channels_last()) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
     torch::Tensor y = train_labels.index_select(0, index);
@@ -184,6 +188,7 @@ TrainSummary train_resident(DSModelImpl& model, const DataSource& data, const Tr
     const torch::Tensor bad_grad = flat->first_non_finite_grad();
     const torch::Tensor finite = torch::isfinite(total).logical_and(bad_grad.lt(0));
     healthy.logical_and_(finite);
+    buffers.restore_unless(healthy);
     flat->step(healthy);
     row[static_cast<size_t>(rec_layout.finite())] = finite.to(torch::kFloat64);
     row[static_cast<size_t>(rec_layout.bad_grad())] = bad_grad.to(torch::kFloat64);

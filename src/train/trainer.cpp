@@ -2,6 +2,7 @@
 
 #include <liondg/errors.h>
 #include <liondg/models/batch_norm.h>
+#include <liondg/models/buffers.h>
 #include <liondg/train/distributed.h>
 #include <liondg/train/trainer.h>
 #include <liondg/util/fs.h>
@@ -501,7 +502,11 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
     for (auto* s : sinks) s->on_eval(e);
     return e;
   };
+  // A diverging step's forward pass has updated the BatchNorm running statistics already:
+  // diverge() puts them back, so the model is left as the last good step left it.
+  BufferCopy buffers(model);
   auto diverge = [&](int64_t step, const std::string& reason) {
+    buffers.restore();
     summary.status = "diverged";
     summary.diverged_reason = reason + " at step " + std::to_string(step);
   };
@@ -511,6 +516,7 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
   for (int64_t step = loop.step + 1; step <= o.steps() && !already_done; ++step) {
     const auto t0 = Clock::now();
     auto [images, labels] = batcher.next();
+    buffers.save();
     DSOutput out = model.forward(images);
     const double alpha = aux_weight_at(o, step);
     Losses l = compute_losses(out, labels, alpha);
