@@ -24,9 +24,9 @@ import statistics
 import sys
 import time
 
-kNoMmap = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1073741824"
-if kNoMmap not in os.environ.get("GLIBC_TUNABLES", ""):  # before torch allocates anything
-    tunables = ":".join(t for t in (os.environ.get("GLIBC_TUNABLES", ""), kNoMmap) if t)
+NO_MMAP_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1073741824"
+if NO_MMAP_TUNABLES not in os.environ.get("GLIBC_TUNABLES", ""):  # before torch allocates anything
+    tunables = ":".join(t for t in (os.environ.get("GLIBC_TUNABLES", ""), NO_MMAP_TUNABLES) if t)
     os.execve(sys.executable, [sys.executable] + sys.argv, dict(os.environ, GLIBC_TUNABLES=tunables))
 
 import torch  # noqa: E402
