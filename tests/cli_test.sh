@@ -54,6 +54,16 @@ expect_exit 2 "--device" -- "$LIONDG" grid --preset smoke --device gpu --out "$T
 if ! "$LIONDG" bench step --model resnet-ds --device cuda --steps 1 >/dev/null 2>&1; then
   expect_exit 2 "no CUDA device is available" -- "$LIONDG" train "${TINY[@]}" --steps 2 --device cuda --out "$TMP/cuda"
 fi
+# --bf16: a DenseNet-DS run in the fused CPU loop, recorded in config.json; refused where it would not apply
+expect_exit 0 "status: completed" -- "$LIONDG" train "${TINY[@]}" --steps 4 --bf16 --out "$TMP/bf16"
+if grep -q '"bf16": true' "$TMP/bf16/config.json"; then
+  pass=$((pass + 1))
+else
+  echo "FAIL: bf16 run: config.json lacks \"bf16\": true"; fail=$((fail + 1))
+fi
+expect_exit 2 "no bfloat16 path" -- "$LIONDG" train "${TINY[@]}" --model resnet-ds --bf16 --out "$TMP/bf16-resnet"
+expect_exit 2 "fused blocks off" -- "$LIONDG" train "${TINY[@]}" --bf16 --no-fused --out "$TMP/bf16-plain"
+expect_exit 2 "bench step --bf16 is a CPU mode" -- "$LIONDG" bench step --model densenet-ds --bf16 --device cuda --steps 1
 # The resident loop on the CPU: a run like any other, recorded as such in config.json
 expect_exit 0 "status: completed" -- "$LIONDG" train "${TINY[@]}" --steps 6 --eval-every 3 --resident --sync-every 4 --out "$TMP/resident"
 if grep -q '"resident": true' "$TMP/resident/config.json" && [[ $(wc -l < "$TMP/resident/metrics.csv") -eq 7 ]]; then

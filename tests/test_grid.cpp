@@ -92,6 +92,19 @@ TEST(Grid, TomlConfigSweepAndErrorsWithLineNumbers) {
     EXPECT_NE(std::string(e.what()).find("train.stepz"), std::string::npos) << e.what();
   }
   EXPECT_THROW(grid_from_json(R"({"datasets":["x"],"models":["resnet-ds"],"inits":["he"],"seeds":[1]})", "t"), UsageError);
+  // bf16 reaches every cell; a model without the bfloat16 path is refused up front.
+  const auto bf16_cells = expand_grid(
+      grid_from_json(R"({"datasets":["synthetic"],"models":["densenet-ds"],"inits":["he"],"seeds":[1],)"
+                     R"("train":{"bf16":true}})", "t"));
+  ASSERT_EQ(bf16_cells.size(), 1u);
+  EXPECT_TRUE(bf16_cells[0].config.train.bf16());
+  try {
+    grid_from_json(R"({"datasets":["synthetic"],"models":["densenet-ds","resnet-ds"],"inits":["he"],"seeds":[1],)"
+                   R"("train":{"bf16":true}})", "t");
+    FAIL();
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("train.bf16 applies to densenet-ds only"), std::string::npos) << e.what();
+  }
   EXPECT_THROW(grid_from_json(R"({"datasets":["synthetic"],"models":["resnet-ds"],"inits":["he"],"seeds":[-1]})", "t"),
                UsageError);
 }

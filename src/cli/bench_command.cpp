@@ -46,7 +46,7 @@ void report(const std::string& what, const BenchArgs& a, const BenchResult& r) {
   if (a.json) {
     nlohmann::json j{{"model", a.spec.name},   {"batch_size", a.options.batch_size()}, {"threads", r.threads},
                      {"median_s", r.median_s}, {"min_s", r.min_s},                     {"steps", a.options.steps()},
-                     {"seconds", r.seconds},  {"device", a.options.device()}};
+                     {"seconds", r.seconds},  {"device", a.options.device()}, {"bf16", a.options.bf16()}};
     if (what == "eval") j["images_per_s"] = static_cast<double>(a.options.batch_size()) / r.median_s;
     std::cout << j.dump() << "\n";
     return;
@@ -66,6 +66,8 @@ void add_bench_commands(CLI::App& app, int& status) {
   auto step = std::make_shared<BenchArgs>();
   auto* s = bench->add_subcommand("step", "Median seconds of the full training step (forward, backward, AdamW)");
   add_bench_options(*s, *step);
+  s->add_flag("--bf16", step->options.bf16(),
+              "The step with the fused blocks' convolutions on bfloat16 operands (liondg train --bf16)");
   s->callback([step, &status] {
     report("step", *step, bench_train_step(step->spec, step->options));
     status = kExitOk;

@@ -5,6 +5,7 @@
 #include <liondg/data/dataset.h>
 #include <liondg/experiment/run.h>
 #include <liondg/init/plan.h>
+#include <liondg/models/densenet_ds.h>
 #include <liondg/train/distributed.h>
 #include <liondg/train/progress.h>
 
@@ -231,6 +232,10 @@ void add_train_command(CLI::App& app, int& status) {
                   "Resident loop: read step records back every N steps (and at validation, checkpoints, the end)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  cmd->add_flag("--bf16", opts->bf16(),
+                "Reduced precision, off by default: the fused DenseNet-DS blocks' 3x3 convolutions on bfloat16 "
+                "operands (float accumulation; everything else float32). CPU only; faster with AVX512_BF16; results "
+                "differ from float32 by bfloat16 rounding (bench/README.md)");
   cmd->add_flag("--no-channels-last", [opts](int64_t) { opts->channels_last(false); },
                 "NCHW activations instead of channels-last (equal within float rounding; slower on oneDNN CPUs)");
   cmd->add_option("--val-split", config->val_split,
@@ -295,6 +300,10 @@ void add_train_command(CLI::App& app, int& status) {
       writer = env.rank == 0;
     } else if (c.train.sync_batch_norm()) {
       std::cerr << "note: --sync-bn has no effect in a single process\n";
+    }
+    if (c.train.bf16() && !cpu_has_native_bf16()) {
+      std::cerr << "note: --bf16: this CPU has no AVX512_BF16, so bfloat16 convolutions are emulated and likely "
+                   "slower than float32\n";
     }
     c.train.aux_warmup_steps(*schedule == "constant" ? 0 : std::stoll(schedule->substr(7)));
     c.train.hflip(!no_hflip);

@@ -79,11 +79,14 @@ BenchResult bench_device_step(const ModelSpec& spec, const BenchOptions& o) {
 }  // namespace
 
 BenchResult bench_train_step(const ModelSpec& spec, const BenchOptions& o) {
+  TORCH_CHECK_VALUE(!o.bf16() || torch::Device(o.device()).is_cpu(), "bench step --bf16 is a CPU mode, got device '",
+                    o.device(), "'");
   if (!torch::Device(o.device()).is_cpu()) return bench_device_step(spec, o);
-  const TrainOptions train;  // the paper's AdamW and train()'s defaults
+  const TrainOptions train = TrainOptions().bf16(o.bf16());  // the paper's AdamW and train()'s defaults
   std::shared_ptr<DSModelImpl> model = bench_model(spec, o, train);
   std::unique_ptr<torch::optim::Optimizer> optimizer = make_optimizer(*model, train);
   model->set_fused_training(train.fused());
+  model->set_bf16_training(train.bf16());
   const torch::Tensor images = bench_images(o, train);
   const torch::Tensor labels = torch::randint(o.num_classes(), {o.batch_size()}, torch::kInt64);
   model->train();

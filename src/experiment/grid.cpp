@@ -99,6 +99,7 @@ void apply_option(RunConfig& c, const std::string& section, const std::string& k
     else if (key == "eval_batch_size") t.eval_batch_size(integer(v, where, origin));
     else if (key == "eval_limit") t.eval_limit(integer(v, where, origin));
     else if (key == "hflip") t.hflip(boolean(v, where, origin));
+    else if (key == "bf16") t.bf16(boolean(v, where, origin));
     else if (key == "no_decay_scalars") t.no_decay_scalars(boolean(v, where, origin));
     else if (key == "no_decay_zero_init") t.no_decay_zero_init(boolean(v, where, origin));
     else if (key == "scalar_lr_mult") t.scalar_lr_mult(number(v, where, origin));
@@ -256,6 +257,11 @@ GridSpec grid_from_json(const std::string& text, const std::string& origin) {
   for (const std::string section : {"train", "model", "synthetic"}) {
     if (!j.contains(section)) continue;
     for (const auto& [k, v] : j[section].items()) apply_option(scratch, section, k, v, origin);
+  }
+  if (scratch.train.bf16()) {
+    for (const auto& m : spec.models) {
+      if (m != "densenet-ds") bad(origin, "train.bf16 applies to densenet-ds only (its fused blocks), got model '" + m + "'");
+    }
   }
   if (j.contains("sweep")) {
     for (const auto& [k, v] : j["sweep"].items()) {

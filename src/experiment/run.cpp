@@ -215,6 +215,7 @@ json config_json(const RunConfig& c, const DataSource& data, const ChannelStats&
                 {"prefetch", t.prefetch()},
                 {"channels_last", t.channels_last()},
                 {"fused", t.fused()},
+                {"bf16", t.bf16()},
                 {"device", t.device()},
                 {"resident", uses_resident_loop(t)},
                 {"cuda_graph", torch::Device(t.device()).is_cuda() && t.cuda_graph()},

@@ -20,12 +20,18 @@
 //   forward:  T[q, :] = mean over the tile's pixels p of relu(F[p, :] * aT + bT)
 //   backward: dZ_p = (F[p] * aT + bT > 0) * dT[q] / w^2, summed and applied as above;
 //             its input pass also starts dF (with F's and the pool's own gradients).
+// With ConvPrecision::kBFloat16 the convolutions' side of each layer (A_l, the conv
+// output, its gradient and dA_l) is bfloat16: the passes that write A_l and the conv
+// output gradient round to it, those that read the conv output and dA_l widen from it;
+// F, dF and all statistics stay float.
 
 #include <liondg/models/densenet_ds.h>
 
 #include <ATen/Parallel.h>
 #include <torch/autograd.h>
 
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace liondg {
@@ -45,24 +51,57 @@ constexpr int64_t kBlock = 64;   // pixels summed in float before adding to doub
 #define LIONDG_MULTIVERSION
 #endif
 
+// The element types of the convolutions' side of a layer: float, or bfloat16 held as
+// its raw bits (Bf16), read by widening and written by rounding to nearest even, bit
+// for bit as torch's float -> bfloat16 conversion (NaN -> the quiet NaN 0x7FC0).
+using Bf16 = uint16_t;
+inline float widen(float v) { return v; }
+inline float widen(Bf16 v) {
+  const uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+inline void narrow_to(float& dst, float v) { dst = v; }
+inline void narrow_to(Bf16& dst, float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  dst = v != v ? Bf16{0x7FC0} : static_cast<Bf16>(rounded);
+}
+template <typename T>
+T* elements(const torch::Tensor& t);
+template <>
+float* elements<float>(const torch::Tensor& t) {
+  return t.data_ptr<float>();
+}
+template <>
+Bf16* elements<Bf16>(const torch::Tensor& t) {
+  static_assert(sizeof(at::BFloat16) == sizeof(Bf16), "bfloat16 is 16 bits");
+  return reinterpret_cast<Bf16*>(t.data_ptr<at::BFloat16>());
+}
+template <typename T>
+constexpr torch::ScalarType kScalarType = std::is_same<T, float>::value ? torch::kFloat32 : torch::kBFloat16;
+
 // Over pixels [begin, end): s[j] += sum_p src[p, j], q[j] += sum_p src[p, j]^2 for the
 // c channels of src (row stride `ss`); if dst is set, also dst[p * ds + j] = src[p, j].
-LIONDG_MULTIVERSION
-void stats_range(const float* __restrict src, int64_t ss, int64_t begin, int64_t end, int64_t c,
-                 float* __restrict dst, int64_t ds, double* __restrict s, double* __restrict q) {
+template <typename T>
+LIONDG_MULTIVERSION void stats_range(const T* __restrict src, int64_t ss, int64_t begin, int64_t end, int64_t c,
+                                     float* __restrict dst, int64_t ds, double* __restrict s, double* __restrict q) {
   float bs[kMaxFusedChannels], bq[kMaxFusedChannels];
   for (int64_t start = begin; start < end; start += kBlock) {
     const int64_t stop = std::min(end, start + kBlock);
     for (int64_t j = 0; j < c; ++j) bs[j] = bq[j] = 0.0f;
     for (int64_t p = start; p < stop; ++p) {
-      const float* __restrict row = src + p * ss;
+      const T* __restrict row = src + p * ss;
       for (int64_t j = 0; j < c; ++j) {
-        bs[j] += row[j];
-        bq[j] += row[j] * row[j];
+        const float v = widen(row[j]);
+        bs[j] += v;
+        bq[j] += v * v;
       }
       if (dst != nullptr) {
         float* __restrict out = dst + p * ds;
-        for (int64_t j = 0; j < c; ++j) out[j] = row[j];
+        for (int64_t j = 0; j < c; ++j) out[j] = widen(row[j]);
       }
     }
     for (int64_t j = 0; j < c; ++j) {
@@ -73,34 +112,38 @@ void stats_range(const float* __restrict src, int64_t ss, int64_t begin, int64_t
 }
 
 // out[p, :c] = relu(F[p, :c] * a + b).
-LIONDG_MULTIVERSION
-void bn_relu_forward_range(const float* __restrict f, int64_t begin, int64_t end, int64_t ct, int64_t c,
-                           const float* __restrict a, const float* __restrict b, float* __restrict out) {
+template <typename T>
+LIONDG_MULTIVERSION void bn_relu_forward_range(const float* __restrict f, int64_t begin, int64_t end, int64_t ct,
+                                               int64_t c, const float* __restrict a, const float* __restrict b,
+                                               T* __restrict out) {
   for (int64_t p = begin; p < end; ++p) {
     const float* __restrict row = f + p * ct;
-    float* __restrict o = out + p * c;
+    T* __restrict o = out + p * c;
     for (int64_t j = 0; j < c; ++j) {
       const float z = row[j] * a[j] + b[j];
-      o[j] = z > 0.0f ? z : 0.0f;
+      narrow_to(o[j], z > 0.0f ? z : 0.0f);
     }
   }
 }
 
 // s1[j] += sum dZ, s2[j] += sum dZ * xhat; dZ = act > 0 ? da : 0, xhat = (F - mean) * invstd.
-LIONDG_MULTIVERSION
-void backward_sums_range(const float* __restrict f, const float* __restrict act, const float* __restrict da,
-                         int64_t begin, int64_t end, int64_t ct, int64_t c, const float* __restrict mean,
-                         const float* __restrict invstd, double* __restrict s1, double* __restrict s2) {
+template <typename T>
+LIONDG_MULTIVERSION void backward_sums_range(const float* __restrict f, const T* __restrict act,
+                                             const T* __restrict da, int64_t begin, int64_t end, int64_t ct,
+                                             int64_t c, const float* __restrict mean,
+                                             const float* __restrict invstd, double* __restrict s1,
+                                             double* __restrict s2) {
   float b1[kMaxFusedChannels], b2[kMaxFusedChannels];
   for (int64_t start = begin; start < end; start += kBlock) {
     const int64_t stop = std::min(end, start + kBlock);
     for (int64_t j = 0; j < c; ++j) b1[j] = b2[j] = 0.0f;
     for (int64_t p = start; p < stop; ++p) {
       const float* __restrict row = f + p * ct;
-      const float* __restrict ar = act + p * c;
-      const float* __restrict dr = da + p * c;
+      const T* __restrict ar = act + p * c;
+      const T* __restrict dr = da + p * c;
       for (int64_t j = 0; j < c; ++j) {
-        const float dz = ar[j] > 0.0f ? dr[j] : 0.0f;
+        const float av = widen(ar[j]), dv = widen(dr[j]);  // both loaded: no branch, vectorized
+        const float dz = av > 0.0f ? dv : 0.0f;
         b1[j] += dz;
         b2[j] += dz * ((row[j] - mean[j]) * invstd[j]);
       }
@@ -115,27 +158,29 @@ void backward_sums_range(const float* __restrict f, const float* __restrict act,
 // Over pixels [begin, end): v = G[p, j] + scale * (dZ - mdz - xhat * mdzx) for j < c,
 // stored back into G (row stride ct) or, if out is set, into out (P, c) instead. If
 // tail is set, the last k values of each row are also written to tail (P, k).
-LIONDG_MULTIVERSION
-void backward_input_range(const float* __restrict f, const float* __restrict act, const float* __restrict da,
-                          int64_t begin, int64_t end, int64_t ct, int64_t c, const float* __restrict mean,
-                          const float* __restrict invstd, const float* __restrict scale,
-                          const float* __restrict mdz, const float* __restrict mdzx, float* g, float* out,
-                          float* __restrict tail, int64_t k) {
+template <typename T>
+LIONDG_MULTIVERSION void backward_input_range(const float* __restrict f, const T* __restrict act,
+                                              const T* __restrict da, int64_t begin, int64_t end, int64_t ct,
+                                              int64_t c, const float* __restrict mean,
+                                              const float* __restrict invstd, const float* __restrict scale,
+                                              const float* __restrict mdz, const float* __restrict mdzx, float* g,
+                                              float* out, T* __restrict tail, int64_t k) {
   for (int64_t p = begin; p < end; ++p) {
     const float* __restrict row = f + p * ct;
-    const float* __restrict ar = act + p * c;
-    const float* __restrict dr = da + p * c;
+    const T* __restrict ar = act + p * c;
+    const T* __restrict dr = da + p * c;
     // gr and dst are the same row when writing back into G: not __restrict.
     const float* gr = g + p * ct;
     float* dst = out != nullptr ? out + p * c : g + p * ct;
     for (int64_t j = 0; j < c; ++j) {
-      const float dz = ar[j] > 0.0f ? dr[j] : 0.0f;
+      const float av = widen(ar[j]), dv = widen(dr[j]);
+      const float dz = av > 0.0f ? dv : 0.0f;
       const float xhat = (row[j] - mean[j]) * invstd[j];
       dst[j] = gr[j] + scale[j] * (dz - mdz[j] - xhat * mdzx[j]);
     }
     if (tail != nullptr) {
-      float* __restrict t = tail + p * k;
-      for (int64_t j = 0; j < k; ++j) t[j] = dst[c - k + j];
+      T* __restrict t = tail + p * k;
+      for (int64_t j = 0; j < k; ++j) narrow_to(t[j], dst[c - k + j]);
     }
   }
 }
@@ -273,13 +318,13 @@ void tail_grad_init_range(const float* __restrict src, const float* __restrict p
 }
 
 // dst[p * ds : p * ds + c) = src[p * ss : p * ss + c) over pixels [begin, end).
-LIONDG_MULTIVERSION
-void copy_rows_range(const float* __restrict src, int64_t ss, int64_t begin, int64_t end, int64_t c,
-                     float* __restrict dst, int64_t ds) {
+template <typename T>
+LIONDG_MULTIVERSION void copy_rows_range(const float* __restrict src, int64_t ss, int64_t begin, int64_t end,
+                                         int64_t c, T* __restrict dst, int64_t ds) {
   for (int64_t p = begin; p < end; ++p) {
     const float* __restrict r = src + p * ss;
-    float* __restrict d = dst + p * ds;
-    for (int64_t j = 0; j < c; ++j) d[j] = r[j];
+    T* __restrict d = dst + p * ds;
+    for (int64_t j = 0; j < c; ++j) narrow_to(d[j], r[j]);
   }
 }
 
@@ -308,7 +353,8 @@ void parallel_channel_sums(int64_t range, int64_t grain, int64_t c, double* out1
 // Per-channel biased mean, 1/sqrt(var + eps) and unbiased variance of the c channels
 // of src (P rows of stride ss), stored at [c0, c0 + c) of mean/invstd/var_unbiased.
 // If dst is set, src is also copied into it (row stride ds).
-void channel_stats(const float* src, int64_t ss, int64_t pixels, int64_t c, float* dst, int64_t ds, double eps,
+template <typename T>
+void channel_stats(const T* src, int64_t ss, int64_t pixels, int64_t c, float* dst, int64_t ds, double eps,
                    int64_t c0, float* mean, float* invstd, float* var_unbiased) {
   std::vector<double> sum(static_cast<size_t>(c)), sq(static_cast<size_t>(c));
   parallel_channel_sums(pixels, kGrain, c, sum.data(), sq.data(),
@@ -329,26 +375,30 @@ void grad_init(const float* src, const float* pool, int64_t hw, int64_t pixels, 
 }
 
 // The c channels of src (P rows of stride ss) into dst (P rows of stride ds).
-void copy_rows(const float* src, int64_t ss, int64_t pixels, int64_t c, float* dst, int64_t ds) {
+template <typename T>
+void copy_rows(const float* src, int64_t ss, int64_t pixels, int64_t c, T* dst, int64_t ds) {
   at::parallel_for(0, pixels, kGrain,
                    [&](int64_t begin, int64_t end) { copy_rows_range(src, ss, begin, end, c, dst, ds); });
 }
 
-void bn_relu_forward(const float* f, int64_t pixels, int64_t ct, int64_t c, const float* a, const float* b, float* out) {
+template <typename T>
+void bn_relu_forward(const float* f, int64_t pixels, int64_t ct, int64_t c, const float* a, const float* b, T* out) {
   at::parallel_for(0, pixels, kGrain,
                    [&](int64_t begin, int64_t end) { bn_relu_forward_range(f, begin, end, ct, c, a, b, out); });
 }
 
-void bn_relu_backward_sums(const float* f, const float* act, const float* da, int64_t pixels, int64_t ct, int64_t c,
+template <typename T>
+void bn_relu_backward_sums(const float* f, const T* act, const T* da, int64_t pixels, int64_t ct, int64_t c,
                            const float* mean, const float* invstd, double* sdz, double* sdzx) {
   parallel_channel_sums(pixels, kGrain, c, sdz, sdzx, [&](int64_t begin, int64_t end, double* s1, double* s2) {
     backward_sums_range(f, act, da, begin, end, ct, c, mean, invstd, s1, s2);
   });
 }
 
-void bn_relu_backward_input(const float* f, const float* act, const float* da, int64_t pixels, int64_t ct, int64_t c,
+template <typename T>
+void bn_relu_backward_input(const float* f, const T* act, const T* da, int64_t pixels, int64_t ct, int64_t c,
                             const float* mean, const float* invstd, const float* scale, const float* mdz,
-                            const float* mdzx, float* g, float* out, float* tail, int64_t k) {
+                            const float* mdzx, float* g, float* out, T* tail, int64_t k) {
   at::parallel_for(0, pixels, kGrain, [&](int64_t begin, int64_t end) {
     backward_input_range(f, act, da, begin, end, ct, c, mean, invstd, scale, mdz, mdzx, g, out, tail, k);
   });
@@ -423,14 +473,93 @@ torch::Tensor pooled_empty_channels_last(int64_t n, int64_t c, int64_t h, int64_
   return t;
 }
 
+// Layer l's forward in a block of F (P, ct): A = relu(F[:, :c] * a + b), the
+// convolution, and its output's statistics pass, which writes it into F[:, c : c + k)
+// and the statistics into mean/invstd/var at [c, c + k). T: the convolution's operand
+// type. Returns A (N,c,H,W), channels-last, of T, for the backward pass.
+template <typename T>
+torch::Tensor layer_forward(float* fp, int64_t n, int64_t h, int64_t w, int64_t ct, int64_t c,
+                            const std::pair<torch::Tensor, torch::Tensor>& ab, const torch::Tensor& weight,
+                            double eps, float* mp, float* ip, float* vp) {
+  const int64_t pixels = n * h * w, k = weight.size(0);
+  torch::Tensor act =
+      pooled_empty_channels_last(n, c, h, w, weight.options().dtype(kScalarType<T>));
+  bn_relu_forward(fp, pixels, ct, c, ab.first.data_ptr<float>(), ab.second.data_ptr<float>(), elements<T>(act));
+  // out: (P, k) of T
+  const torch::Tensor out =
+      channels_last(at::convolution(act, weight.to(kScalarType<T>), /*bias=*/{}, /*stride=*/{1, 1},
+                                    /*padding=*/{1, 1}, /*dilation=*/{1, 1}, /*transposed=*/false,
+                                    /*output_padding=*/{0, 0}, /*groups=*/1));
+  channel_stats(elements<T>(out), /*ss=*/k, pixels, /*c=*/k, fp + c, /*ds=*/ct, eps, /*c0=*/c, mp, ip, vp);
+  return act;
+}
+
+// The layers' backward, last to first, with dF (g) started: each layer's convolution
+// backward, its BatchNorm+ReLU backward sums and the pass that adds its input gradient
+// into dF[:, :c) (layer 0: into dx instead). T as in layer_forward. Fills param_grads
+// (per layer {dgamma, dbeta, dW}, float) and returns dx (N,c0,H,W), channels-last.
+template <typename T>
+torch::Tensor layers_backward(const variable_list& saved, int64_t layers, int64_t c0, const torch::Tensor& g,
+                              variable_list& param_grads) {
+  const torch::Tensor& f = saved[0];
+  const torch::Tensor& mean = saved[1];
+  const torch::Tensor& invstd = saved[2];
+  const auto param = [&](int64_t i) -> const torch::Tensor& { return saved[4 + layers + i]; };
+  const int64_t n = f.size(0), ct = f.size(1), h = f.size(2), w = f.size(3), pixels = n * h * w;
+  const int64_t k = (ct - c0) / std::max<int64_t>(layers, 1);
+  const torch::TensorOptions conv_options = f.options().dtype(kScalarType<T>);
+  // The last layer's conv output gradient, (P, k): the last k channels of dF.
+  torch::Tensor gout = pooled_empty_channels_last(n, k, h, w, conv_options);
+  copy_rows(g.data_ptr<float>() + (ct - k), /*ss=*/ct, pixels, k, elements<T>(gout), /*ds=*/k);
+  torch::Tensor dx;  // (P, c0): written by layer 0's pass
+  const float* mp = mean.data_ptr<float>();
+  const float* ip = invstd.data_ptr<float>();
+  for (int64_t l = layers - 1; l >= 0; --l) {
+    const int64_t c = c0 + l * k;
+    const torch::Tensor& act = saved[3 + l];
+    const torch::Tensor& weight = param(3 * l + 2);
+    auto grads = at::convolution_backward(gout, act, weight.to(kScalarType<T>), /*bias_sizes=*/c10::nullopt,
+                                          /*stride=*/{1, 1}, /*padding=*/{1, 1}, /*dilation=*/{1, 1},
+                                          /*transposed=*/false, /*output_padding=*/{0, 0}, /*groups=*/1,
+                                          /*output_mask=*/{true, true, false});
+    const torch::Tensor da = channels_last(std::get<0>(grads));
+    std::vector<double> sdz(static_cast<size_t>(c)), sdzx(static_cast<size_t>(c));
+    bn_relu_backward_sums(f.data_ptr<float>(), elements<T>(act), elements<T>(da), pixels, ct, c, mp, ip, sdz.data(),
+                          sdzx.data());
+    torch::Tensor dgamma = torch::empty({c}, f.options()), dbeta = torch::empty({c}, f.options());
+    std::vector<float> scale, mdz, mdzx;
+    const torch::Tensor& gamma = param(3 * l);
+    bn_scalars(sdz, sdzx, pixels, gamma.data_ptr<float>(), ip, scale, mdz, mdzx, dgamma.data_ptr<float>(),
+               dbeta.data_ptr<float>());
+    // dF[:, c - k : c) is final after this pass: it is layer l - 1's conv output gradient.
+    torch::Tensor next_gout;
+    if (l > 0) {
+      next_gout = pooled_empty_channels_last(n, k, h, w, conv_options);
+    } else {
+      dx = torch::empty({n, c0, h, w}, f.options().memory_format(torch::MemoryFormat::ChannelsLast));
+    }
+    bn_relu_backward_input(f.data_ptr<float>(), elements<T>(act), elements<T>(da), pixels, ct, c, mp, ip,
+                           scale.data(), mdz.data(), mdzx.data(), g.data_ptr<float>(),
+                           /*out=*/l == 0 ? dx.data_ptr<float>() : nullptr,
+                           /*tail=*/l > 0 ? elements<T>(next_gout) : nullptr, k);
+    gout = next_gout;
+    param_grads[3 * l] = dgamma;
+    param_grads[3 * l + 1] = dbeta;
+    // The weight's gradient in the weight's type (float), widened from T.
+    param_grads[3 * l + 2] = std::get<1>(grads).to(weight.scalar_type());
+  }
+  return dx;
+}
+
 struct DenseBlockFunction : public torch::autograd::Function<DenseBlockFunction> {
   // params: per layer {gamma, beta, conv weight}, then the tail's {gamma, beta};
   // buffers: per layer {running_mean, running_var}, then the tail's. tail_window = 0: no tail.
+  // bf16: the layers' convolutions on bfloat16 operands (ConvPrecision::kBFloat16).
   // Returns {F, pooled, tail}: pooled = F's mean over (H,W), (N, Ct), if `pool`, else
   // (N, 0); tail = BlockTail's output (N, Ct, H/w, W/w) if tail_window > 0, else (N, 0).
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& x, at::TensorList params,
                                std::vector<torch::Tensor> buffers, double eps, double momentum, bool pool,
-                               int64_t tail_window, double tail_eps, double tail_momentum) {
+                               int64_t tail_window, double tail_eps, double tail_momentum, bool bf16) {
     const bool has_tail = tail_window > 0;
     const int64_t layers = (static_cast<int64_t>(params.size()) - (has_tail ? 2 : 0)) / 3;
     const int64_t n = x.size(0), c0 = x.size(1), h = x.size(2), w = x.size(3);
@@ -452,15 +581,8 @@ struct DenseBlockFunction : public torch::autograd::Function<DenseBlockFunction>
       const int64_t c = c0 + l * k;
       const torch::Tensor& weight = params[3 * l + 2];
       const auto ab = affine_of(params[3 * l], params[3 * l + 1], mean.narrow(0, 0, c), invstd.narrow(0, 0, c));
-      torch::Tensor act = pooled_empty_channels_last(n, c, h, w, f.options());
-      bn_relu_forward(fp, pixels, ct, c, ab.first.data_ptr<float>(), ab.second.data_ptr<float>(),
-                      act.data_ptr<float>());
-      // out: (P, k), written into F[:, c : c + k) by its statistics pass.
-      const torch::Tensor out = channels_last(at::convolution(act, weight, /*bias=*/{}, /*stride=*/{1, 1},
-                                                              /*padding=*/{1, 1}, /*dilation=*/{1, 1},
-                                                              /*transposed=*/false, /*output_padding=*/{0, 0},
-                                                              /*groups=*/1));
-      channel_stats(out.data_ptr<float>(), /*ss=*/k, pixels, /*c=*/k, fp + c, /*ds=*/ct, eps, /*c0=*/c, mp, ip, vp);
+      const torch::Tensor act = bf16 ? layer_forward<Bf16>(fp, n, h, w, ct, c, ab, weight, eps, mp, ip, vp)
+                                     : layer_forward<float>(fp, n, h, w, ct, c, ab, weight, eps, mp, ip, vp);
       // Running statistics, as BatchNorm2d updates them from its batch.
       buffers[2 * l].mul_(1.0 - momentum).add_(mean.narrow(0, 0, c), /*alpha=*/momentum);
       buffers[2 * l + 1].mul_(1.0 - momentum).add_(var.narrow(0, 0, c), /*alpha=*/momentum);
@@ -492,6 +614,7 @@ struct DenseBlockFunction : public torch::autograd::Function<DenseBlockFunction>
     ctx->saved_data["layers"] = layers;
     ctx->saved_data["c0"] = c0;
     ctx->saved_data["tail_window"] = tail_window;
+    ctx->saved_data["bf16"] = bf16;
     ctx->saved_data["x_channels_last"] = x.is_contiguous(torch::MemoryFormat::ChannelsLast);
     // An output nothing used (F when its head reads the pool and the tail feeds the
     // transition) arrives as an undefined gradient, not as a materialized zero tensor.
@@ -509,11 +632,9 @@ struct DenseBlockFunction : public torch::autograd::Function<DenseBlockFunction>
     const int64_t tail_window = ctx->saved_data["tail_window"].toInt();
     const torch::Tensor& f = saved[0];
     const torch::Tensor& mean = saved[1];
-    const torch::Tensor& invstd = saved[2];
     const torch::Tensor& tail_invstd = saved[3 + layers];
     const auto param = [&](int64_t i) -> const torch::Tensor& { return saved[4 + layers + i]; };
     const int64_t n = f.size(0), ct = f.size(1), h = f.size(2), w = f.size(3), pixels = n * h * w;
-    const int64_t k = (ct - c0) / std::max<int64_t>(layers, 1);
     // The gradient of the whole buffer, accumulated in place layer by layer (backwards).
     // Its initial value: F's gradient plus that of the pooled output, in one pass, and
     // with a tail, plus the tail's BatchNorm+ReLU+pooling backward in the same pass.
@@ -544,44 +665,10 @@ struct DenseBlockFunction : public torch::autograd::Function<DenseBlockFunction>
     } else {
       grad_init(gfp, gpp, h * w, pixels, ct, g.data_ptr<float>());
     }
-    // The last layer's conv output gradient, (P, k): the last k channels of dF.
-    torch::Tensor gout = pooled_empty_channels_last(n, k, h, w, f.options());
-    copy_rows(g.data_ptr<float>() + (ct - k), /*ss=*/ct, pixels, k, gout.data_ptr<float>(), /*ds=*/k);
-    torch::Tensor dx;  // (P, c0): written by layer 0's pass
     variable_list param_grads(static_cast<size_t>(3 * layers));
-    for (int64_t l = layers - 1; l >= 0; --l) {
-      const int64_t c = c0 + l * k;
-      const torch::Tensor& act = saved[3 + l];
-      const torch::Tensor& weight = param(3 * l + 2);
-      auto grads = at::convolution_backward(gout, act, weight, /*bias_sizes=*/c10::nullopt, /*stride=*/{1, 1},
-                                            /*padding=*/{1, 1}, /*dilation=*/{1, 1}, /*transposed=*/false,
-                                            /*output_padding=*/{0, 0}, /*groups=*/1, /*output_mask=*/{true, true, false});
-      const torch::Tensor da = channels_last(std::get<0>(grads));
-      std::vector<double> sdz(static_cast<size_t>(c)), sdzx(static_cast<size_t>(c));
-      const float* mp = mean.data_ptr<float>();
-      const float* ip = invstd.data_ptr<float>();
-      bn_relu_backward_sums(f.data_ptr<float>(), act.data_ptr<float>(), da.data_ptr<float>(), pixels, ct, c, mp, ip,
-                            sdz.data(), sdzx.data());
-      torch::Tensor dgamma = torch::empty({c}, f.options()), dbeta = torch::empty({c}, f.options());
-      std::vector<float> scale, mdz, mdzx;
-      bn_scalars(sdz, sdzx, pixels, param(3 * l).data_ptr<float>(), ip, scale, mdz, mdzx, dgamma.data_ptr<float>(),
-                 dbeta.data_ptr<float>());
-      // dF[:, c - k : c) is final after this pass: it is layer l - 1's conv output gradient.
-      torch::Tensor next_gout;
-      if (l > 0) {
-        next_gout = pooled_empty_channels_last(n, k, h, w, f.options());
-      } else {
-        dx = torch::empty({n, c0, h, w}, f.options().memory_format(torch::MemoryFormat::ChannelsLast));
-      }
-      bn_relu_backward_input(f.data_ptr<float>(), act.data_ptr<float>(), da.data_ptr<float>(), pixels, ct, c, mp, ip,
-                             scale.data(), mdz.data(), mdzx.data(), g.data_ptr<float>(),
-                             /*out=*/l == 0 ? dx.data_ptr<float>() : nullptr,
-                             /*tail=*/l > 0 ? next_gout.data_ptr<float>() : nullptr, k);
-      gout = next_gout;
-      param_grads[3 * l] = dgamma;
-      param_grads[3 * l + 1] = dbeta;
-      param_grads[3 * l + 2] = std::get<1>(grads);
-    }
+    const torch::Tensor dx = ctx->saved_data["bf16"].toBool()
+                                 ? layers_backward<Bf16>(saved, layers, c0, g, param_grads)
+                                 : layers_backward<float>(saved, layers, c0, g, param_grads);
     variable_list out;
     out.push_back(ctx->saved_data["x_channels_last"].toBool() ? dx : dx.contiguous());
     for (auto& pg : param_grads) out.push_back(pg);
@@ -591,7 +678,7 @@ struct DenseBlockFunction : public torch::autograd::Function<DenseBlockFunction>
     }
     // The buffers and the non-tensor arguments get no gradient (trailing undefined
     // gradients are dropped by autograd).
-    for (int64_t i = 0; i < 2 * layers + 8; ++i) out.emplace_back();
+    for (int64_t i = 0; i < 2 * layers + 9; ++i) out.emplace_back();
     return out;
   }
 };
@@ -620,8 +707,16 @@ int64_t check_fusable(const char* what, const torch::Tensor& x, const std::vecto
 
 }  // namespace
 
+bool cpu_has_native_bf16() {
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+  return __builtin_cpu_supports("avx512bf16") != 0;
+#else
+  return false;
+#endif
+}
+
 FusedBlockOutput dense_block_fused(const torch::Tensor& x, const std::vector<DenseLayer>& layers, bool pool,
-                                   const BlockTail& tail) {
+                                   const BlockTail& tail, ConvPrecision precision) {
   check_fusable("dense_block_fused", x, layers, tail);
   std::vector<torch::Tensor> params, buffers;
   double eps = 0, momentum = 0;
@@ -647,7 +742,8 @@ FusedBlockOutput dense_block_fused(const torch::Tensor& x, const std::vector<Den
     tail_momentum = tail.norm->options.momentum().value_or(0.1);
   }
   variable_list out = DenseBlockFunction::apply(x, at::TensorList(params), buffers, eps, momentum, pool,
-                                                /*tail_window=*/tail.norm ? tail.window : 0, tail_eps, tail_momentum);
+                                                /*tail_window=*/tail.norm ? tail.window : 0, tail_eps, tail_momentum,
+                                                /*bf16=*/precision == ConvPrecision::kBFloat16);
   return {out[0], pool ? out[1] : torch::Tensor(), tail.norm ? out[2] : torch::Tensor()};
 }
 

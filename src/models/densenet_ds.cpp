@@ -133,8 +133,10 @@ torch::Tensor DenseNetDSImpl::backbone(const torch::Tensor& x, Taps& taps, bool 
         tail.window = h.size(2);
       }
       // A head reading this block gets the pool the fused block computes.
-      const FusedBlockOutput out = fused ? dense_block_fused(h, blocks_[b], /*pool=*/taps.wants(tap), tail)
-                                         : dense_block_inference(h, blocks_[b], tail);
+      const FusedBlockOutput out =
+          fused ? dense_block_fused(h, blocks_[b], /*pool=*/taps.wants(tap), tail,
+                                    bf16_ ? ConvPrecision::kBFloat16 : ConvPrecision::kFloat32)
+                : dense_block_inference(h, blocks_[b], tail);
       const torch::Tensor& block_out =
           out.pooled.defined() ? taps.tap(tap, out.features, out.pooled) : taps.tap(tap, out.features);
       if (out.tail.defined() && has_transition) {

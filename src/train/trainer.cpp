@@ -422,6 +422,12 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
   TORCH_CHECK_VALUE(o.aux_warmup_steps() >= 0, "aux warmup steps must be >= 0, got ", o.aux_warmup_steps());
   TORCH_CHECK_VALUE(o.scalar_lr_mult() > 0, "scalar lr multiplier must be > 0, got ", o.scalar_lr_mult());
   TORCH_CHECK_VALUE(o.bucket_bytes() > 0, "gradient bucket size must be > 0 bytes, got ", o.bucket_bytes());
+  // bfloat16 lives in the fused CPU blocks only; anywhere else it would silently not apply.
+  const bool synced_norm = o.sync_batch_norm() && o.communicator() && o.communicator()->world_size() > 1;
+  TORCH_CHECK_VALUE(!o.bf16() || (o.fused() && !uses_resident_loop(o) && !synced_norm),
+                    "bf16 training needs the fused CPU loop (device cpu, fused blocks, not resident, no synchronized "
+                    "BatchNorm across ranks); got device '", o.device(), "', fused blocks ", o.fused() ? "on" : "off",
+                    ", resident loop ", o.resident() ? "on" : "off", ", synchronized BatchNorm ", synced_norm ? "on" : "off");
   if (uses_resident_loop(o)) {
     return detail::train_resident(model, data, o, sinks);
   }
@@ -450,22 +456,27 @@ TrainSummary train(DSModelImpl& model, const DataSource& data, const TrainOption
   SyncBatchNormGuard sync_guard(bn_sync.get());
   const double comm_start = comm != nullptr ? comm->blocked_seconds() : 0.0;
   std::unique_ptr<torch::optim::Optimizer> optimizer = make_optimizer(model, o);
-  // The fused fast paths for this loop only (training's is first-order; callers may
-  // need more), the model's own settings again afterwards; --no-fused also evaluates
-  // through the straightforward path.
+  // The fused fast paths (and bf16) for this loop only (training's is first-order;
+  // callers may need more), the model's own settings again afterwards; --no-fused also
+  // evaluates through the straightforward path.
   struct FusedScope {
     DSModelImpl& m;
-    const bool training_before, inference_before;
-    FusedScope(DSModelImpl& model, bool on)
-        : m(model), training_before(model.fused_training()), inference_before(model.fused_inference()) {
+    const bool training_before, inference_before, bf16_before;
+    FusedScope(DSModelImpl& model, bool on, bool bf16)
+        : m(model),
+          training_before(model.fused_training()),
+          inference_before(model.fused_inference()),
+          bf16_before(model.bf16_training()) {
+      m.set_bf16_training(bf16);  // first: a model without bf16 refuses it before anything changed
       m.set_fused_training(on);
       m.set_fused_inference(on);
     }
     ~FusedScope() {
       m.set_fused_training(training_before);
       m.set_fused_inference(inference_before);
+      m.set_bf16_training(bf16_before);
     }
-  } fused_scope(model, o.fused());
+  } fused_scope(model, o.fused(), o.bf16());
   const std::vector<torch::Tensor> backbone = parameters_of_kind(model, ParamRole::Kind::kBackbone);
   const int64_t num_aux = model.num_aux_heads();
 

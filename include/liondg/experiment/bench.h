@@ -28,6 +28,8 @@ struct BenchOptions {
   /// data and augmentation, CUDA-graph replay), timed per step with a host
   /// synchronization after each, as a loop that reads its loss every step.
   TORCH_ARG(std::string, device) = "cpu";
+  /// Training step with TrainOptions::bf16 (CPU, DenseNet-DS only).
+  TORCH_ARG(bool, bf16) = false;
 };
 
 struct BenchResult {

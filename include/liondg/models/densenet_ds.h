@@ -104,6 +104,10 @@ class DenseNetDSImpl : public DSModelImpl {
   void set_fused_inference(bool enabled) override { fused_inference_ = enabled; }
   bool fused_training() const override { return fused_; }
   bool fused_inference() const override { return fused_inference_; }
+  /// The fused training blocks' 3x3 convolutions on bfloat16 operands (see
+  /// ConvPrecision); off by default. Takes effect only where the fused block runs.
+  void set_bf16_training(bool enabled) override { bf16_ = enabled; }
+  bool bf16_training() const override { return bf16_; }
 
   DenseNetDSOptions options;
 
@@ -119,6 +123,7 @@ class DenseNetDSImpl : public DSModelImpl {
   std::vector<int64_t> block_channels_;
   bool fused_ = false;
   bool fused_inference_ = true;
+  bool bf16_ = false;
 };
 TORCH_MODULE(DenseNetDS);
 
@@ -138,6 +143,21 @@ struct BlockTail {
   int64_t window = 2;
 };
 
+/// Arithmetic of a fused training block's 3x3 convolutions. kBFloat16: each layer's
+/// BatchNorm+ReLU output A_l, its convolution weight and its output gradient are rounded
+/// to bfloat16 (round to nearest even, as torch's float -> bfloat16 conversion) and
+/// oneDNN multiplies them with float accumulation; the convolution's output and input
+/// gradient arrive in bfloat16 and are widened to float by the passes that read them.
+/// Everything else stays float: the feature buffer and its gradient, the BatchNorm
+/// statistics and parameters, the weight gradient (widened after the convolution), the
+/// heads, the transitions and AdamW. A_l is kept for the backward pass in bfloat16.
+enum class ConvPrecision { kFloat32, kBFloat16 };
+
+/// Whether this CPU multiplies bfloat16 natively (x86 AVX512_BF16). Without it oneDNN
+/// emulates ConvPrecision::kBFloat16 (or libtorch falls back to a reference kernel):
+/// correct, but slower than float32.
+bool cpu_has_native_bf16();
+
 struct FusedBlockOutput {
   torch::Tensor features;  // (N, C0 + layers * growth, H, W), channels-last
   torch::Tensor pooled;    // (N, C0 + layers * growth) mean over (H, W); undefined without `pool`
@@ -156,9 +176,11 @@ struct FusedBlockOutput {
 /// of autograd materializing the pool's (N,C,H,W) gradient and adding it).
 /// With a `tail`, also returns pool(relu(tail.norm(output))) (see BlockTail); the
 /// tail's BatchNorm running statistics are updated too.
+/// `precision`: the layers' convolutions in float or on bfloat16 operands (ConvPrecision).
 // x: (N,C0,H,W) -> block output and, with `pool` / `tail`, its pool / tail
 FusedBlockOutput dense_block_fused(const torch::Tensor& x, const std::vector<DenseLayer>& layers, bool pool = false,
-                                   const BlockTail& tail = {});
+                                   const BlockTail& tail = {},
+                                   ConvPrecision precision = ConvPrecision::kFloat32);
 
 /// One dense block in evaluation mode (BatchNorm with running statistics), without
 /// autograd: one channels-last feature buffer that each layer's BatchNorm+ReLU reads

@@ -129,6 +129,12 @@ class DSModelImpl : public torch::nn::Module {
   /// The current settings of the two switches above (false for a model without them).
   virtual bool fused_training() const { return false; }
   virtual bool fused_inference() const { return false; }
+  /// Reduced precision in the fused training path (see DenseNetDSImpl): the dense
+  /// layers' convolutions on bfloat16 operands. A model without it refuses `true`.
+  virtual void set_bf16_training(bool enabled) {
+    TORCH_CHECK_VALUE(!enabled, "bf16 training: ", name(), " has no bfloat16 path (DenseNet-DS's fused blocks have)");
+  }
+  virtual bool bf16_training() const { return false; }
 
   int64_t num_aux_heads() const { return static_cast<int64_t>(aux_specs_.size()); }
   /// The tap point each auxiliary head reads, in head order.

@@ -70,6 +70,12 @@ struct TrainOptions {
   /// the layer-by-layer path within float rounding. After the loop, evaluation's fast
   /// path is on again and training's off (the model's defaults).
   TORCH_ARG(bool, fused) = true;
+  /// Reduced precision, off by default: the fused DenseNet-DS blocks' 3x3 convolutions
+  /// on bfloat16 operands with float accumulation (ConvPrecision::kBFloat16), everything
+  /// else float. CPU loop with `fused` only. Faster where the CPU multiplies bfloat16
+  /// natively (AVX512_BF16); results differ from float32 by bfloat16 rounding, not
+  /// within float rounding (accuracy effect: bench/README.md).
+  TORCH_ARG(bool, bf16) = false;
   /// Seed of the data order and augmentation (model init is seeded by the caller).
   TORCH_ARG(uint64_t, seed) = 42;
   /// Stop as soon as the target is reached (the paper trains the full budget).
