@@ -63,6 +63,7 @@ else
 fi
 expect_exit 2 "no bfloat16 path" -- "$LIONDG" train "${TINY[@]}" --model resnet-ds --bf16 --out "$TMP/bf16-resnet"
 expect_exit 2 "fused blocks off" -- "$LIONDG" train "${TINY[@]}" --bf16 --no-fused --out "$TMP/bf16-plain"
+expect_exit 2 "fixup blocks" -- "$LIONDG" train "${TINY[@]}" --bf16 --init fixup --out "$TMP/bf16-fixup"
 expect_exit 2 "bench step --bf16 is a CPU mode" -- "$LIONDG" bench step --model densenet-ds --bf16 --device cuda --steps 1
 # The resident loop on the CPU: a run like any other, recorded as such in config.json
 expect_exit 0 "status: completed" -- "$LIONDG" train "${TINY[@]}" --steps 6 --eval-every 3 --resident --sync-every 4 --out "$TMP/resident"

@@ -105,6 +105,13 @@ TEST(Grid, TomlConfigSweepAndErrorsWithLineNumbers) {
   } catch (const UsageError& e) {
     EXPECT_NE(std::string(e.what()).find("train.bf16 applies to densenet-ds only"), std::string::npos) << e.what();
   }
+  try {
+    grid_from_json(R"({"datasets":["synthetic"],"models":["densenet-ds"],"inits":["he","rezero"],"seeds":[1],)"
+                   R"("train":{"bf16":true}})", "t");
+    FAIL();
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("init 'rezero' uses rezero blocks"), std::string::npos) << e.what();
+  }
   EXPECT_THROW(grid_from_json(R"({"datasets":["synthetic"],"models":["resnet-ds"],"inits":["he"],"seeds":[-1]})", "t"),
                UsageError);
 }

@@ -410,6 +410,16 @@ TEST(Train, Bf16RunsAreCloseToFloat32AndRefusedWhereTheyDoNotApply) {
   testing::expect_throws<c10::Error>([&] { train(*resnet, data, fast_options().steps(2).bf16(true)); },
                                      {"bf16", "no bfloat16 path"});
   EXPECT_FALSE(resnet->bf16_training());
+  // DenseNet-DS configurations whose blocks the fused path does not take would train in
+  // float32 while claiming bf16: refused, naming what is in the way.
+  DenseNetDS fixup(testing::tiny_densenet().block(BlockKind::kFixup));
+  testing::expect_throws<c10::Error>([&] { fixup->set_bf16_training(true); }, {"bf16", "fixup blocks"});
+  DenseNetDS no_norm(testing::tiny_densenet().batch_norm(false));
+  testing::expect_throws<c10::Error>([&] { no_norm->set_bf16_training(true); }, {"bf16", "batch_norm off"});
+  DenseNetDS wide(testing::tiny_densenet().growth_rate(kMaxFusedChannels));
+  testing::expect_throws<c10::Error>([&] { wide->set_bf16_training(true); }, {"bf16", "widest block"});
+  EXPECT_FALSE(fixup->bf16_training() || no_norm->bf16_training() || wide->bf16_training());
+  fixup->set_bf16_training(false);  // turning it off is always allowed
 }
 
 TEST(Train, StepsToTargetIsTheFirstFullWindowAtTarget) {

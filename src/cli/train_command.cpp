@@ -302,8 +302,8 @@ void add_train_command(CLI::App& app, int& status) {
       std::cerr << "note: --sync-bn has no effect in a single process\n";
     }
     if (c.train.bf16() && !cpu_has_native_bf16()) {
-      std::cerr << "note: --bf16: this CPU has no AVX512_BF16, so bfloat16 convolutions are emulated and likely "
-                   "slower than float32\n";
+      std::cerr << "note: --bf16: this CPU has no AVX512_BF16 (or this build cannot tell), so bfloat16 "
+                   "convolutions may be emulated and slower than float32\n";
     }
     c.train.aux_warmup_steps(*schedule == "constant" ? 0 : std::stoll(schedule->substr(7)));
     c.train.hflip(!no_hflip);

@@ -258,10 +258,17 @@ GridSpec grid_from_json(const std::string& text, const std::string& origin) {
     if (!j.contains(section)) continue;
     for (const auto& [k, v] : j[section].items()) apply_option(scratch, section, k, v, origin);
   }
-  if (scratch.train.bf16()) {
+  if (scratch.train.bf16()) {  // where a cell would refuse it, refuse the grid up front
     for (const auto& m : spec.models) {
       if (m != "densenet-ds") bad(origin, "train.bf16 applies to densenet-ds only (its fused blocks), got model '" + m + "'");
     }
+    for (const auto& i : spec.inits) {
+      if (init_plan_from_preset(i).required_block() != BlockKind::kStandard) {
+        bad(origin, "train.bf16 needs standard dense blocks; init '" + i + "' uses " +
+                        to_string(init_plan_from_preset(i).required_block()) + " blocks");
+      }
+    }
+    if (!scratch.model.batch_norm) bad(origin, "train.bf16 needs BatchNorm (model.batch_norm = false)");
   }
   if (j.contains("sweep")) {
     for (const auto& [k, v] : j["sweep"].items()) {

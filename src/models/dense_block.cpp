@@ -53,7 +53,8 @@ constexpr int64_t kBlock = 64;   // pixels summed in float before adding to doub
 
 // The element types of the convolutions' side of a layer: float, or bfloat16 held as
 // its raw bits (Bf16), read by widening and written by rounding to nearest even, bit
-// for bit as torch's float -> bfloat16 conversion (NaN -> the quiet NaN 0x7FC0).
+// for bit as c10::BFloat16's conversion for finite values and infinities (NaN -> the
+// quiet NaN 0x7FC0).
 using Bf16 = uint16_t;
 inline float widen(float v) { return v; }
 inline float widen(Bf16 v) {

@@ -6,6 +6,8 @@
 
 #include <torch/nn/functional/pooling.h>
 
+#include <algorithm>
+
 namespace liondg {
 namespace {
 torch::nn::Conv2dOptions conv_options(int64_t in, int64_t out, int64_t kernel) {
@@ -155,6 +157,18 @@ torch::Tensor DenseNetDSImpl::backbone(const torch::Tensor& x, Taps& taps, bool 
     if (has_transition) h = transitions_[b]->forward(h);
   }
   return norm_relu(final_norm_, h);
+}
+
+void DenseNetDSImpl::set_bf16_training(bool enabled) {
+  if (enabled) {
+    const int64_t widest = *std::max_element(block_channels_.begin(), block_channels_.end());
+    TORCH_CHECK_VALUE(options.block() == BlockKind::kStandard && options.batch_norm() && widest <= kMaxFusedChannels,
+                      "bf16 training: DenseNet-DS's bfloat16 path is its fused blocks, which need standard blocks "
+                      "with BatchNorm of at most ", kMaxFusedChannels, " channels; this model has ",
+                      to_string(options.block()), " blocks, batch_norm ", options.batch_norm() ? "on" : "off",
+                      ", widest block ", widest, " channels");
+  }
+  bf16_ = enabled;
 }
 
 DSOutput DenseNetDSImpl::forward(const torch::Tensor& x) {

@@ -105,8 +105,10 @@ class DenseNetDSImpl : public DSModelImpl {
   bool fused_training() const override { return fused_; }
   bool fused_inference() const override { return fused_inference_; }
   /// The fused training blocks' 3x3 convolutions on bfloat16 operands (see
-  /// ConvPrecision); off by default. Takes effect only where the fused block runs.
-  void set_bf16_training(bool enabled) override { bf16_ = enabled; }
+  /// ConvPrecision); off by default. Refused (ValueError naming the setting) for a
+  /// configuration whose blocks the fused path does not take: Fixup/ReZero blocks, no
+  /// BatchNorm, or a block wider than kMaxFusedChannels.
+  void set_bf16_training(bool enabled) override;
   bool bf16_training() const override { return bf16_; }
 
   DenseNetDSOptions options;
@@ -145,17 +147,19 @@ struct BlockTail {
 
 /// Arithmetic of a fused training block's 3x3 convolutions. kBFloat16: each layer's
 /// BatchNorm+ReLU output A_l, its convolution weight and its output gradient are rounded
-/// to bfloat16 (round to nearest even, as torch's float -> bfloat16 conversion) and
-/// oneDNN multiplies them with float accumulation; the convolution's output and input
-/// gradient arrive in bfloat16 and are widened to float by the passes that read them.
-/// Everything else stays float: the feature buffer and its gradient, the BatchNorm
-/// statistics and parameters, the weight gradient (widened after the convolution), the
-/// heads, the transitions and AdamW. A_l is kept for the backward pass in bfloat16.
+/// to bfloat16 (round to nearest even, as c10::BFloat16's conversion) and oneDNN
+/// multiplies them with float accumulation; the convolution's output, input gradient
+/// and weight gradient arrive in bfloat16 (oneDNN rounds its float sums) and are widened
+/// to float: the first two by the passes that read them, the weight gradient before
+/// AdamW sees it. Everything else stays float: the feature buffer and its gradient, the
+/// BatchNorm statistics and parameters, the heads, the transitions and AdamW. A_l is
+/// kept for the backward pass in bfloat16.
 enum class ConvPrecision { kFloat32, kBFloat16 };
 
 /// Whether this CPU multiplies bfloat16 natively (x86 AVX512_BF16). Without it oneDNN
 /// emulates ConvPrecision::kBFloat16 (or libtorch falls back to a reference kernel):
-/// correct, but slower than float32.
+/// correct, but slower than float32. False where the build cannot tell (compilers other
+/// than GCC, other architectures).
 bool cpu_has_native_bf16();
 
 struct FusedBlockOutput {
