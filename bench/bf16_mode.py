@@ -94,6 +94,43 @@ def accuracy(a, env):
     return runs
 
 
+def reached(step):
+    """Steps to 70% as a table cell (the run's summary has null when it never got there)."""
+    return "not reached" if step is None else str(step)
+
+
+def markdown(res):
+    """The Markdown table of a result (main()'s JSON); --render-only redraws it from the file."""
+    st = res["settings"]
+    s = res["speed"]
+    lines = [f"# bf16 mode (`--bf16`): DenseNet-DS, batch 128, {st['threads']} threads", "",
+             f"Machine: {res['machine']['platform']}; AVX512_BF16: {'yes' if res['machine']['avx512_bf16'] else 'no'}.", "",
+             f"Step time, medians of {st['reps']} alternating process triples (each the median of {st['steps']} steps "
+             f"after 3 warm-up steps):", "",
+             "| liondg float32 | liondg bf16 | PyTorch eager float32 | bf16 / float32 | bf16 / PyTorch | "
+             "float32 / PyTorch | per-triple bf16 / float32 |",
+             "|---|---|---|---|---|---|---|",
+             f"| {s['median_s']['fp32']:.4f} s | {s['median_s']['bf16']:.4f} s | {s['median_s']['peer']:.4f} s | "
+             f"{s['bf16_over_fp32']:.2f}x | {s['bf16_over_peer']:.2f}x | {s['fp32_over_peer']:.2f}x | "
+             f"{min(s['pair_bf16_over_fp32']):.2f}-{max(s['pair_bf16_over_fp32']):.2f}x |"]
+    if "accuracy" in res:
+        lines += ["", f"Accuracy effect: `liondg train --model densenet-ds --init {st['init']} --dataset cifar10` on "
+                  f"{os.path.basename(st['data'])}, {st['train_steps']} steps (the paper's AdamW, batch 128, flips), "
+                  f"evaluation of the main head on the first {st['eval_limit']} test images at the end; the same "
+                  f"seed gives both modes the same initial weights and batches.", "",
+                  "| seed | val acc fp32 | val acc bf16 | val loss fp32 | val loss bf16 | train acc (last 50) fp32 | "
+                  "bf16 | steps to 70% fp32 | bf16 | mean loss last 100 steps fp32 | bf16 | max per-step loss diff |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in res["accuracy"]:
+            f, b = r["fp32"], r["bf16"]
+            lines.append(f"| {r['seed']} | {f['val_acc']:.4f} | {b['val_acc']:.4f} | {f['final_val_loss']:.4f} | "
+                         f"{b['final_val_loss']:.4f} | {f['final_train_window_acc']:.4f} | "
+                         f"{b['final_train_window_acc']:.4f} | {reached(f['steps_to_target'])} | {reached(b['steps_to_target'])} | "
+                         f"{r['last100_loss']['fp32']:.4f} | {r['last100_loss']['bf16']:.4f} | "
+                         f"{r['max_abs_loss_diff']:.4f} |")
+    return lines
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--liondg", default=os.path.join(HERE, "..", "build", "liondg"))
@@ -109,7 +146,12 @@ def main():
     p.add_argument("--eval-limit", type=int, default=10000)
     p.add_argument("--no-accuracy", action="store_true", help="speed only")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--render-only", action="store_true",
+                   help="measure nothing: redraw OUT/bf16_mode.md from OUT/bf16_mode.json")
     a = p.parse_args()
+    if a.render_only:
+        write_markdown(json.load(open(os.path.join(a.out, "bf16_mode.json"))), a.out)
+        return
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
     res = {"machine": {"platform": platform.platform(), "threads": a.threads, "avx512_bf16": native_bf16()},
            "settings": vars(a)}
@@ -123,33 +165,12 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "bf16_mode.json"), "w") as f:
         json.dump(res, f, indent=2)
-    s = res["speed"]
-    lines = [f"# bf16 mode (`--bf16`): DenseNet-DS, batch 128, {a.threads} threads", "",
-             f"Machine: {platform.platform()}; AVX512_BF16: {'yes' if res['machine']['avx512_bf16'] else 'no'}.", "",
-             f"Step time, medians of {a.reps} alternating process triples (each the median of {a.steps} steps "
-             f"after 3 warm-up steps):", "",
-             "| liondg float32 | liondg bf16 | PyTorch eager float32 | bf16 / float32 | bf16 / PyTorch | "
-             "float32 / PyTorch | per-triple bf16 / float32 |",
-             "|---|---|---|---|---|---|---|",
-             f"| {s['median_s']['fp32']:.4f} s | {s['median_s']['bf16']:.4f} s | {s['median_s']['peer']:.4f} s | "
-             f"{s['bf16_over_fp32']:.2f}x | {s['bf16_over_peer']:.2f}x | {s['fp32_over_peer']:.2f}x | "
-             f"{min(s['pair_bf16_over_fp32']):.2f}-{max(s['pair_bf16_over_fp32']):.2f}x |"]
-    if "accuracy" in res:
-        lines += ["", f"Accuracy effect: `liondg train --model densenet-ds --init {a.init} --dataset cifar10` on "
-                  f"{os.path.basename(a.data)}, {a.train_steps} steps (the paper's AdamW, batch 128, flips), "
-                  f"evaluation of the main head on the first {a.eval_limit} test images at the end; the same "
-                  f"seed gives both modes the same initial weights and batches.", "",
-                  "| seed | val acc fp32 | val acc bf16 | val loss fp32 | val loss bf16 | train acc (last 50) fp32 | "
-                  "bf16 | steps to 70% fp32 | bf16 | mean loss last 100 steps fp32 | bf16 | max per-step loss diff |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in res["accuracy"]:
-            f, b = r["fp32"], r["bf16"]
-            lines.append(f"| {r['seed']} | {f['val_acc']:.4f} | {b['val_acc']:.4f} | {f['final_val_loss']:.4f} | "
-                         f"{b['final_val_loss']:.4f} | {f['final_train_window_acc']:.4f} | "
-                         f"{b['final_train_window_acc']:.4f} | {f['steps_to_target']} | {b['steps_to_target']} | "
-                         f"{r['last100_loss']['fp32']:.4f} | {r['last100_loss']['bf16']:.4f} | "
-                         f"{r['max_abs_loss_diff']:.4f} |")
-    with open(os.path.join(a.out, "bf16_mode.md"), "w") as f:
+    write_markdown(res, a.out)
+
+
+def write_markdown(res, out):
+    lines = markdown(res)
+    with open(os.path.join(out, "bf16_mode.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -8,6 +8,7 @@
 #include <liondg/experiment/decoupling.h>
 #include <liondg/experiment/run.h>
 #include <liondg/init/init.h>
+#include <liondg/train/distributed.h>
 #include <liondg/train/trainer.h>
 
 #include <gtest/gtest.h>
@@ -406,6 +407,21 @@ TEST(Train, Bf16RunsAreCloseToFloat32AndRefusedWhereTheyDoNotApply) {
       [&] { train(*densenet, data, fast_options().steps(2).bf16(true).fused(false)); }, {"bf16", "fused blocks off"});
   testing::expect_throws<c10::Error>(
       [&] { train(*densenet, data, fast_options().steps(2).bf16(true).resident(true)); }, {"bf16", "resident loop on"});
+  // Synchronized BatchNorm across ranks computes its statistics outside the fused blocks.
+  // train() refuses before it communicates, so two ranks in name only are enough here.
+  class TwoRanksInName : public Communicator {
+   public:
+    int64_t rank() const override { return 0; }
+    int64_t world_size() const override { return 2; }
+    std::unique_ptr<Pending> all_reduce_sum_async(torch::Tensor) override { throw std::logic_error("no peers"); }
+    void broadcast_(torch::Tensor, int64_t) override { throw std::logic_error("no peers"); }
+    void barrier() override { throw std::logic_error("no peers"); }
+  };
+  const auto two_ranks = std::make_shared<TwoRanksInName>();
+  testing::expect_throws<c10::Error>(
+      [&] { train(*densenet, data, fast_options().steps(2).bf16(true).communicator(two_ranks).sync_batch_norm(true)); },
+      {"bf16", "synchronized BatchNorm on"});
+  EXPECT_FALSE(densenet->bf16_training());
   auto resnet = std::make_shared<ResNetDSImpl>(testing::tiny_resnet());
   testing::expect_throws<c10::Error>([&] { train(*resnet, data, fast_options().steps(2).bf16(true)); },
                                      {"bf16", "no bfloat16 path"});

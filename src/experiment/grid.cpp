@@ -8,6 +8,7 @@
 #include <liondg/train/trainer.h>
 #include <liondg/util/fs.h>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
 #include <toml++/toml.h>
 
@@ -26,6 +27,7 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <mutex>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -43,6 +45,26 @@ const std::set<std::string> kTopLevelKeys{"name", "datasets", "models", "inits",
 [[noreturn]] void bad(const std::string& origin, const std::string& what) {
   throw UsageError("grid " + origin + ": " + what);
 }
+
+// Puts back the default CPU generator's state on scope exit: loading a grid must not
+// change what the caller draws next.
+class RngStateGuard {
+ public:
+  RngStateGuard() : generator_(at::detail::getDefaultCPUGenerator()) {
+    std::lock_guard<std::mutex> lock(generator_.mutex());
+    state_ = generator_.get_state();
+  }
+  ~RngStateGuard() {
+    std::lock_guard<std::mutex> lock(generator_.mutex());
+    generator_.set_state(state_);
+  }
+  RngStateGuard(const RngStateGuard&) = delete;
+  RngStateGuard& operator=(const RngStateGuard&) = delete;
+
+ private:
+  at::Generator generator_;
+  torch::Tensor state_;
+};
 
 std::vector<std::string> string_list(const Json& j, const std::string& key, const std::string& origin) {
   if (!j.contains(key)) bad(origin, "missing '" + key + "' (a non-empty list)");
@@ -258,17 +280,23 @@ GridSpec grid_from_json(const std::string& text, const std::string& origin) {
     if (!j.contains(section)) continue;
     for (const auto& [k, v] : j[section].items()) apply_option(scratch, section, k, v, origin);
   }
-  if (scratch.train.bf16()) {  // where a cell would refuse it, refuse the grid up front
+  if (scratch.train.bf16()) {
+    // Where a cell would refuse bf16, refuse the grid up front. The model's own rule
+    // (set_bf16_training) decides: each (model, init) pair's model is built once and
+    // asked, so the rule is written in one place only.
+    const RngStateGuard keep_rng;  // building a model draws initial weights
     for (const auto& m : spec.models) {
-      if (m != "densenet-ds") bad(origin, "train.bf16 applies to densenet-ds only (its fused blocks), got model '" + m + "'");
-    }
-    for (const auto& i : spec.inits) {
-      if (init_plan_from_preset(i).required_block() != BlockKind::kStandard) {
-        bad(origin, "train.bf16 needs standard dense blocks; init '" + i + "' uses " +
-                        to_string(init_plan_from_preset(i).required_block()) + " blocks");
+      for (const auto& i : spec.inits) {
+        ModelSpec model = scratch.model;
+        model.name = m;
+        model.block = init_plan_from_preset(i).required_block();
+        try {
+          make_model(model)->set_bf16_training(true);
+        } catch (const c10::Error& e) {
+          bad(origin, "train.bf16 with model '" + m + "' and init '" + i + "': " + e.what_without_backtrace());
+        }
       }
     }
-    if (!scratch.model.batch_norm) bad(origin, "train.bf16 needs BatchNorm (model.batch_norm = false)");
   }
   if (j.contains("sweep")) {
     for (const auto& [k, v] : j["sweep"].items()) {
