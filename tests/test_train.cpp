@@ -8,6 +8,7 @@
 #include <liondg/experiment/decoupling.h>
 #include <liondg/experiment/run.h>
 #include <liondg/init/init.h>
+#include <liondg/models/registry.h>
 #include <liondg/train/distributed.h>
 #include <liondg/train/trainer.h>
 
@@ -435,6 +436,24 @@ TEST(Train, Bf16RunsAreCloseToFloat32AndRefusedWhereTheyDoNotApply) {
   DenseNetDS wide(testing::tiny_densenet().growth_rate(kMaxFusedChannels));
   testing::expect_throws<c10::Error>([&] { wide->set_bf16_training(true); }, {"bf16", "widest block"});
   EXPECT_FALSE(fixup->bf16_training() || no_norm->bf16_training() || wide->bf16_training());
+  // The rule the grid checks without building a model is the one the built model enforces,
+  // and the channels it computes are the built model's.
+  DenseNetDS standard(testing::tiny_densenet());
+  for (DenseNetDS m : {standard, fixup, no_norm, wide}) {
+    EXPECT_EQ(dense_block_channels(m->options), m->block_channels());
+    bool refused = false;
+    try {
+      m->set_bf16_training(true);
+    } catch (const c10::Error&) {
+      refused = true;
+    }
+    EXPECT_EQ(bf16_refusal(m->options).empty(), !refused) << bf16_refusal(m->options);
+  }
+  EXPECT_TRUE(standard->bf16_training());
+  ModelSpec resnet_spec;
+  resnet_spec.name = "resnet-ds";
+  EXPECT_NE(bf16_refusal(resnet_spec).find("no bfloat16 path"), std::string::npos);
+  EXPECT_EQ(bf16_refusal(ModelSpec{}), "");  // the paper's DenseNet-DS
   fixup->set_bf16_training(false);  // turning it off is always allowed
 }
 

@@ -8,7 +8,6 @@
 #include <liondg/train/trainer.h>
 #include <liondg/util/fs.h>
 
-#include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
 #include <toml++/toml.h>
 
@@ -18,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
@@ -27,7 +27,6 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
-#include <mutex>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -45,26 +44,6 @@ const std::set<std::string> kTopLevelKeys{"name", "datasets", "models", "inits",
 [[noreturn]] void bad(const std::string& origin, const std::string& what) {
   throw UsageError("grid " + origin + ": " + what);
 }
-
-// Puts back the default CPU generator's state on scope exit: loading a grid must not
-// change what the caller draws next.
-class RngStateGuard {
- public:
-  RngStateGuard() : generator_(at::detail::getDefaultCPUGenerator()) {
-    std::lock_guard<std::mutex> lock(generator_.mutex());
-    state_ = generator_.get_state();
-  }
-  ~RngStateGuard() {
-    std::lock_guard<std::mutex> lock(generator_.mutex());
-    generator_.set_state(state_);
-  }
-  RngStateGuard(const RngStateGuard&) = delete;
-  RngStateGuard& operator=(const RngStateGuard&) = delete;
-
- private:
-  at::Generator generator_;
-  torch::Tensor state_;
-};
 
 std::vector<std::string> string_list(const Json& j, const std::string& key, const std::string& origin) {
   if (!j.contains(key)) bad(origin, "missing '" + key + "' (a non-empty list)");
@@ -281,20 +260,20 @@ GridSpec grid_from_json(const std::string& text, const std::string& origin) {
     for (const auto& [k, v] : j[section].items()) apply_option(scratch, section, k, v, origin);
   }
   if (scratch.train.bf16()) {
-    // Where a cell would refuse bf16, refuse the grid up front. The model's own rule
-    // (set_bf16_training) decides: each (model, init) pair's model is built once and
-    // asked, so the rule is written in one place only.
-    const RngStateGuard keep_rng;  // building a model draws initial weights
+    // Where a cell would refuse bf16, refuse the grid up front, by the models' own rule
+    // (bf16_refusal, which set_bf16_training enforces), without building them.
     for (const auto& m : spec.models) {
       for (const auto& i : spec.inits) {
         ModelSpec model = scratch.model;
         model.name = m;
         model.block = init_plan_from_preset(i).required_block();
+        std::string refusal;
         try {
-          make_model(model)->set_bf16_training(true);
+          refusal = bf16_refusal(model);
         } catch (const c10::Error& e) {
-          bad(origin, "train.bf16 with model '" + m + "' and init '" + i + "': " + e.what_without_backtrace());
+          bad(origin, "model '" + m + "' with init '" + i + "': " + e.what_without_backtrace());
         }
+        if (!refusal.empty()) bad(origin, "train.bf16 with model '" + m + "' and init '" + i + "': " + refusal);
       }
     }
   }
@@ -625,6 +604,10 @@ double estimate_cell_seconds(const GridCell& cell, const StepProbe& p) {
 int64_t run_grid(const GridSpec& spec, const GridOptions& o) {
   TORCH_CHECK_VALUE(o.jobs >= 1, "--jobs must be >= 1, got ", o.jobs);
   const std::vector<GridCell> all = expand_grid(spec);
+  const bool bf16 = std::any_of(all.begin(), all.end(), [](const GridCell& c) { return c.config.train.bf16(); });
+  if (bf16 && o.device != "cpu") {
+    throw UsageError("--device " + o.device + ": the grid sets train.bf16, which applies to the fused CPU blocks only");
+  }
   const std::vector<GridCell> cells = shard_cells(all, o.shard_index, o.shard_count);
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int threads = std::max(1, cores / o.jobs);

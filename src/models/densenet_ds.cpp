@@ -7,6 +7,8 @@
 #include <torch/nn/functional/pooling.h>
 
 #include <algorithm>
+#include <cmath>
+#include <sstream>
 
 namespace liondg {
 namespace {
@@ -19,7 +21,42 @@ torch::nn::Conv2dOptions conv_options(int64_t in, int64_t out, int64_t kernel) {
 torch::Tensor norm_relu(torch::nn::BatchNorm2d& norm, const torch::Tensor& x) {
   return norm ? batch_norm(norm, x).relu_() : torch::relu(x);
 }
+
+// Output channels of a transition reading `channels`.
+int64_t transition_channels(int64_t channels, double compression) {
+  return std::max<int64_t>(1, static_cast<int64_t>(std::floor(static_cast<double>(channels) * compression)));
+}
 }  // namespace
+
+std::vector<int64_t> dense_block_channels(const DenseNetDSOptions& o) {
+  TORCH_CHECK_VALUE(o.in_channels() > 0, "DenseNetDS: in_channels must be > 0, got ", o.in_channels());
+  TORCH_CHECK_VALUE(o.growth_rate() > 0, "DenseNetDS: growth_rate must be > 0, got ", o.growth_rate());
+  TORCH_CHECK_VALUE(o.stem_channels() > 0, "DenseNetDS: stem_channels must be > 0, got ", o.stem_channels());
+  TORCH_CHECK_VALUE(!o.block_layers().empty(), "DenseNetDS: block_layers must not be empty");
+  TORCH_CHECK_VALUE(o.compression() > 0.0 && o.compression() <= 1.0,
+                    "DenseNetDS: compression must be in (0, 1], got ", o.compression());
+  std::vector<int64_t> out;
+  int64_t channels = o.stem_channels();
+  for (size_t b = 0; b < o.block_layers().size(); ++b) {
+    const int64_t layers = o.block_layers()[b];
+    TORCH_CHECK_VALUE(layers > 0, "DenseNetDS: block ", b + 1, " must have > 0 layers, got ", layers);
+    channels += layers * o.growth_rate();
+    out.push_back(channels);
+    channels = transition_channels(channels, o.compression());
+  }
+  return out;
+}
+
+std::string bf16_refusal(const DenseNetDSOptions& o) {
+  const std::vector<int64_t> channels = dense_block_channels(o);
+  const int64_t widest = *std::max_element(channels.begin(), channels.end());
+  if (o.block() == BlockKind::kStandard && o.batch_norm() && widest <= kMaxFusedChannels) return "";
+  std::ostringstream why;
+  why << "DenseNet-DS's bfloat16 path is its fused blocks, which need standard blocks with BatchNorm of at most "
+      << kMaxFusedChannels << " channels; this model has " << to_string(o.block()) << " blocks, batch_norm "
+      << (o.batch_norm() ? "on" : "off") << ", widest block " << widest << " channels";
+  return why.str();
+}
 
 DenseLayerImpl::DenseLayerImpl(int64_t in_channels, int64_t growth, BlockKind kind, bool batch_norm) : kind_(kind) {
   if (batch_norm) norm_ = register_module("norm", torch::nn::BatchNorm2d(in_channels));
@@ -63,29 +100,21 @@ torch::Tensor TransitionImpl::forward_pooled(const torch::Tensor& pooled) {
 DenseNetDSImpl::DenseNetDSImpl(const DenseNetDSOptions& options_)
     : DSModelImpl("DenseNetDS"), options(options_) {
   const auto& o = options;
-  TORCH_CHECK_VALUE(o.in_channels() > 0, "DenseNetDS: in_channels must be > 0, got ", o.in_channels());
-  TORCH_CHECK_VALUE(o.growth_rate() > 0, "DenseNetDS: growth_rate must be > 0, got ", o.growth_rate());
-  TORCH_CHECK_VALUE(o.stem_channels() > 0, "DenseNetDS: stem_channels must be > 0, got ", o.stem_channels());
-  TORCH_CHECK_VALUE(!o.block_layers().empty(), "DenseNetDS: block_layers must not be empty");
-  TORCH_CHECK_VALUE(o.compression() > 0.0 && o.compression() <= 1.0,
-                    "DenseNetDS: compression must be in (0, 1], got ", o.compression());
+  block_channels_ = dense_block_channels(o);  // checks the sizes
   const int64_t num_blocks = static_cast<int64_t>(o.block_layers().size());
 
   stem_ = register_module("stem", torch::nn::Conv2d(conv_options(o.in_channels(), o.stem_channels(), 3)));
   int64_t channels = o.stem_channels();
   for (int64_t b = 0; b < num_blocks; ++b) {
-    const int64_t layers = o.block_layers()[b];
-    TORCH_CHECK_VALUE(layers > 0, "DenseNetDS: block ", b + 1, " must have > 0 layers, got ", layers);
     std::vector<DenseLayer> block;
-    for (int64_t l = 0; l < layers; ++l) {
+    for (int64_t l = 0; l < o.block_layers()[b]; ++l) {
       block.push_back(register_module("block" + std::to_string(b + 1) + "_layer" + std::to_string(l + 1),
                                       DenseLayer(channels, o.growth_rate(), o.block(), o.batch_norm())));
       channels += o.growth_rate();
     }
     blocks_.push_back(std::move(block));
-    block_channels_.push_back(channels);
     if (b + 1 < num_blocks) {
-      const auto out = std::max<int64_t>(1, static_cast<int64_t>(std::floor(channels * o.compression())));
+      const int64_t out = transition_channels(channels, o.compression());
       transitions_.push_back(register_module("transition" + std::to_string(b + 1), Transition(channels, out, o.batch_norm())));
       channels = out;
     }
@@ -161,12 +190,8 @@ torch::Tensor DenseNetDSImpl::backbone(const torch::Tensor& x, Taps& taps, bool 
 
 void DenseNetDSImpl::set_bf16_training(bool enabled) {
   if (enabled) {
-    const int64_t widest = *std::max_element(block_channels_.begin(), block_channels_.end());
-    TORCH_CHECK_VALUE(options.block() == BlockKind::kStandard && options.batch_norm() && widest <= kMaxFusedChannels,
-                      "bf16 training: DenseNet-DS's bfloat16 path is its fused blocks, which need standard blocks "
-                      "with BatchNorm of at most ", kMaxFusedChannels, " channels; this model has ",
-                      to_string(options.block()), " blocks, batch_norm ", options.batch_norm() ? "on" : "off",
-                      ", widest block ", widest, " channels");
+    const std::string refusal = bf16_refusal(options);
+    TORCH_CHECK_VALUE(refusal.empty(), "bf16 training: ", refusal);
   }
   bf16_ = enabled;
 }

@@ -12,20 +12,30 @@ const std::vector<std::string>& model_names() {
   return kNames;
 }
 
+namespace {
+[[noreturn]] void unknown_model(const std::string& name) {
+  std::string known;
+  for (const auto& n : model_names()) known += (known.empty() ? "" : ", ") + n;
+  throw UsageError("unknown model '" + name + "'; expected one of: " + known);
+}
+
+DenseNetDSOptions densenet_options(const ModelSpec& spec) {
+  if (spec.aux_in_branch) throw UsageError("aux_in_branch is a ResNet-DS variant; densenet-ds has no residual stream");
+  return DenseNetDSOptions(spec.num_classes)
+      .in_channels(spec.in_channels)
+      .growth_rate(spec.growth_rate)
+      .stem_channels(2 * spec.growth_rate)
+      .block_layers(spec.block_layers)
+      .compression(spec.compression)
+      .aux_after_blocks(spec.aux_after)
+      .aux_hidden(spec.aux_hidden)
+      .block(spec.block)
+      .batch_norm(spec.batch_norm);
+}
+}  // namespace
+
 std::shared_ptr<DSModelImpl> make_model(const ModelSpec& spec) {
-  if (spec.name == "densenet-ds") {
-    if (spec.aux_in_branch) throw UsageError("aux_in_branch is a ResNet-DS variant; densenet-ds has no residual stream");
-    return std::make_shared<DenseNetDSImpl>(DenseNetDSOptions(spec.num_classes)
-                                                .in_channels(spec.in_channels)
-                                                .growth_rate(spec.growth_rate)
-                                                .stem_channels(2 * spec.growth_rate)
-                                                .block_layers(spec.block_layers)
-                                                .compression(spec.compression)
-                                                .aux_after_blocks(spec.aux_after)
-                                                .aux_hidden(spec.aux_hidden)
-                                                .block(spec.block)
-                                                .batch_norm(spec.batch_norm));
-  }
+  if (spec.name == "densenet-ds") return std::make_shared<DenseNetDSImpl>(densenet_options(spec));
   if (spec.name == "resnet-ds") {
     return std::make_shared<ResNetDSImpl>(ResNetDSOptions(spec.num_classes)
                                               .in_channels(spec.in_channels)
@@ -37,9 +47,13 @@ std::shared_ptr<DSModelImpl> make_model(const ModelSpec& spec) {
                                               .batch_norm(spec.batch_norm)
                                               .aux_in_branch(spec.aux_in_branch));
   }
-  std::string known;
-  for (const auto& n : model_names()) known += (known.empty() ? "" : ", ") + n;
-  throw UsageError("unknown model '" + spec.name + "'; expected one of: " + known);
+  unknown_model(spec.name);
+}
+
+std::string bf16_refusal(const ModelSpec& spec) {
+  if (spec.name == "densenet-ds") return bf16_refusal(densenet_options(spec));
+  if (spec.name == "resnet-ds") return "resnet-ds has no bfloat16 path (DenseNet-DS's fused blocks have)";
+  unknown_model(spec.name);
 }
 
 }  // namespace liondg

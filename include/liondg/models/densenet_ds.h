@@ -132,6 +132,17 @@ TORCH_MODULE(DenseNetDS);
 /// Widest block (input plus all new channels) the fused blocks handle.
 constexpr int64_t kMaxFusedChannels = 512;
 
+/// Output channels of each dense block of a DenseNet-DS built with `o` (what
+/// DenseNetDSImpl builds, computed without building it); throws ValueError for sizes the
+/// model refuses.
+std::vector<int64_t> dense_block_channels(const DenseNetDSOptions& o);
+
+/// Why a DenseNet-DS built with `o` refuses bf16 training, "" when it takes it: the
+/// bfloat16 path is the fused blocks, which need standard blocks with BatchNorm of at
+/// most kMaxFusedChannels channels. The one rule: DenseNetDSImpl::set_bf16_training
+/// enforces it and a grid config checks it when it is loaded.
+std::string bf16_refusal(const DenseNetDSOptions& o);
+
 /// What follows a fused block, computed by the block itself: BatchNorm (batch
 /// statistics when training, running statistics when evaluating) + ReLU + average
 /// pooling over non-overlapping `window` x `window` tiles of the block output, i.e. a

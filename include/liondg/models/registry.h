@@ -32,4 +32,9 @@ const std::vector<std::string>& model_names();
 /// Builds the model `spec.name`; throws UsageError for an unknown name.
 std::shared_ptr<DSModelImpl> make_model(const ModelSpec& spec);
 
+/// Why `make_model(spec)->set_bf16_training(true)` would be refused ("" when it would
+/// not), without building the model; throws as make_model does for a spec it cannot
+/// build. A grid config with train.bf16 checks every (model, init) pair with it.
+std::string bf16_refusal(const ModelSpec& spec);
+
 }  // namespace liondg
