@@ -44,6 +44,8 @@ expect_exit 2 "--target-acc" -- "$LIONDG" train --target-acc 1.5
 expect_exit 2 "--batch-size" -- "$LIONDG" train --batch-size 0
 expect_exit 2 "--frobnicate" -- "$LIONDG" train --frobnicate
 expect_exit 2 "" -- "$LIONDG"
+expect_exit 2 "growth_rate must be in [1, 1048576], got 4611686018427387904" -- "$LIONDG" train --dataset synthetic \
+  --synthetic-classes 4 --growth-rate 4611686018427387904 --steps 2 --quiet --out "$TMP/bad-growth"
 expect_exit 2 "aux head after block 3" -- "$LIONDG" train "${TINY[@]}" --aux-after 3 --out "$TMP/bad-aux"
 expect_exit 2 "exceeds the training split" -- "$LIONDG" train "${TINY_DATA[@]}" --quiet --batch-size 500 --out "$TMP/bad-bs"
 expect_exit 2 "--batch-size" -- "$LIONDG" train "${TINY[@]}" --batch-size 32 --out "$TMP/twice"

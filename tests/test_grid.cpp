@@ -113,6 +113,9 @@ TEST(Grid, TomlConfigSweepAndErrorsWithLineNumbers) {
       // Without building the model, whose layers would need tens of GB (block 3: 20000 +
       // 6 x 4000 channels).
       {R"(["densenet-ds"])", R"(["he"])", R"({"growth_rate":4000})", {"train.bf16", "widest block 44000"}},
+      // Sizes whose arithmetic would overflow int64 are refused by their value.
+      {R"(["densenet-ds"])", R"(["he"])", R"({"growth_rate":4611686018427387904})",
+       {"model 'densenet-ds' with init 'he'", "growth_rate must be in [1, 1048576], got 4611686018427387904"}},
       // A model that cannot be built at all is named as such, not as a bf16 problem.
       {R"(["densenet-ds"])", R"(["he"])", R"({"block_layers":[6,0,6]})",
        {"model 'densenet-ds' with init 'he'", "block 2 must have > 0 layers"}},

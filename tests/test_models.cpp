@@ -11,6 +11,7 @@
 #include <torch/serialize.h>
 #include <torch/torch.h>
 
+#include <limits>
 #include <set>
 
 namespace liondg {
@@ -126,6 +127,39 @@ TEST(Models, InvalidOptionsAreRejectedWithTheBadValue) {
   }
   EXPECT_THROW(DenseNetDS(DenseNetDSOptions(10).compression(0.0)), c10::ValueError);
   EXPECT_THROW(DenseNetDS(DenseNetDSOptions(10).growth_rate(0)), c10::ValueError);
+  // Sizes whose width arithmetic would overflow int64 are refused by their value (the
+  // sanitizer build checks that no overflow happens on the way).
+  const int64_t huge = int64_t{1} << 62;
+  const auto refuses = [](const DenseNetDSOptions& o, const std::string& part) {
+    try {
+      dense_block_channels(o);
+      ADD_FAILURE() << "accepted, expected: " << part;
+    } catch (const c10::ValueError& e) {
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+    }
+  };
+  refuses(DenseNetDSOptions(10).growth_rate(huge), "growth_rate must be in [1, 1048576], got 4611686018427387904");
+  refuses(DenseNetDSOptions(10).stem_channels(huge), "stem_channels must be in [1, 1048576]");
+  refuses(DenseNetDSOptions(10).in_channels(-huge), "in_channels must be in [1, 1048576]");
+  refuses(DenseNetDSOptions(10).block_layers({6, huge, 6}), "block 2 would be wider than 1048576 channels");
+  refuses(DenseNetDSOptions(10).growth_rate(kMaxDenseNetChannels).block_layers({1}),
+          "block 1 would be wider than 1048576 channels (24 in + 1 layers x growth_rate 1048576)");
+  // The largest accepted width is exactly the bound.
+  EXPECT_EQ(dense_block_channels(DenseNetDSOptions(10).stem_channels(kMaxDenseNetChannels - 6 * 12).block_layers({6}))
+                .back(),
+            kMaxDenseNetChannels);
+  for (const int64_t growth : {huge, -huge, std::numeric_limits<int64_t>::max()}) {
+    ModelSpec spec;
+    spec.growth_rate = growth;  // the registry doubles it for the stem
+    try {
+      bf16_refusal(spec);
+      ADD_FAILURE() << "accepted growth_rate " << growth;
+    } catch (const c10::ValueError& e) {
+      EXPECT_NE(std::string(e.what()).find("growth_rate must be in [1, 1048576], got " + std::to_string(growth)),
+                std::string::npos)
+          << e.what();
+    }
+  }
   EXPECT_THROW(ResNetDS(ResNetDSOptions(10).widths({16, 32}).blocks_per_stage({1})), c10::ValueError);
   ModelSpec spec;
   spec.name = "vgg";

@@ -29,9 +29,15 @@ int64_t transition_channels(int64_t channels, double compression) {
 }  // namespace
 
 std::vector<int64_t> dense_block_channels(const DenseNetDSOptions& o) {
-  TORCH_CHECK_VALUE(o.in_channels() > 0, "DenseNetDS: in_channels must be > 0, got ", o.in_channels());
-  TORCH_CHECK_VALUE(o.growth_rate() > 0, "DenseNetDS: growth_rate must be > 0, got ", o.growth_rate());
-  TORCH_CHECK_VALUE(o.stem_channels() > 0, "DenseNetDS: stem_channels must be > 0, got ", o.stem_channels());
+  // Every count is checked against kMaxDenseNetChannels before it enters a product or a
+  // sum, so no size, however absurd, overflows int64.
+  const auto check_size = [](const char* name, int64_t value) {
+    TORCH_CHECK_VALUE(value > 0 && value <= kMaxDenseNetChannels, "DenseNetDS: ", name, " must be in [1, ",
+                      kMaxDenseNetChannels, "], got ", value);
+  };
+  check_size("in_channels", o.in_channels());
+  check_size("growth_rate", o.growth_rate());
+  check_size("stem_channels", o.stem_channels());
   TORCH_CHECK_VALUE(!o.block_layers().empty(), "DenseNetDS: block_layers must not be empty");
   TORCH_CHECK_VALUE(o.compression() > 0.0 && o.compression() <= 1.0,
                     "DenseNetDS: compression must be in (0, 1], got ", o.compression());
@@ -40,6 +46,10 @@ std::vector<int64_t> dense_block_channels(const DenseNetDSOptions& o) {
   for (size_t b = 0; b < o.block_layers().size(); ++b) {
     const int64_t layers = o.block_layers()[b];
     TORCH_CHECK_VALUE(layers > 0, "DenseNetDS: block ", b + 1, " must have > 0 layers, got ", layers);
+    // channels + layers * growth <= kMax, written so that nothing overflows.
+    TORCH_CHECK_VALUE(layers <= (kMaxDenseNetChannels - channels) / o.growth_rate(), "DenseNetDS: block ", b + 1,
+                      " would be wider than ", kMaxDenseNetChannels, " channels (", channels, " in + ", layers,
+                      " layers x growth_rate ", o.growth_rate(), ")");
     channels += layers * o.growth_rate();
     out.push_back(channels);
     channels = transition_channels(channels, o.compression());

@@ -21,10 +21,14 @@ namespace {
 
 DenseNetDSOptions densenet_options(const ModelSpec& spec) {
   if (spec.aux_in_branch) throw UsageError("aux_in_branch is a ResNet-DS variant; densenet-ds has no residual stream");
+  // The stem is twice the growth rate (the paper: 24 for 12). A growth rate the model
+  // refuses is passed on as the stem too, so that doubling it cannot overflow and the
+  // model's own check names it.
+  const bool accepted_growth = spec.growth_rate > 0 && spec.growth_rate <= kMaxDenseNetChannels;
   return DenseNetDSOptions(spec.num_classes)
       .in_channels(spec.in_channels)
       .growth_rate(spec.growth_rate)
-      .stem_channels(2 * spec.growth_rate)
+      .stem_channels(accepted_growth ? 2 * spec.growth_rate : spec.growth_rate)
       .block_layers(spec.block_layers)
       .compression(spec.compression)
       .aux_after_blocks(spec.aux_after)
@@ -52,7 +56,7 @@ std::shared_ptr<DSModelImpl> make_model(const ModelSpec& spec) {
 
 std::string bf16_refusal(const ModelSpec& spec) {
   if (spec.name == "densenet-ds") return bf16_refusal(densenet_options(spec));
-  if (spec.name == "resnet-ds") return "resnet-ds has no bfloat16 path (DenseNet-DS's fused blocks have)";
+  if (spec.name == "resnet-ds") return no_bf16_path(spec.name);
   unknown_model(spec.name);
 }
 

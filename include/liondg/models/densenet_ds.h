@@ -132,9 +132,14 @@ TORCH_MODULE(DenseNetDS);
 /// Widest block (input plus all new channels) the fused blocks handle.
 constexpr int64_t kMaxFusedChannels = 512;
 
+/// Largest channel count a DenseNet-DS accepts anywhere (input, stem, growth, block
+/// width): 2^20, far beyond any model that fits in memory, and small enough that the
+/// width arithmetic cannot overflow int64.
+constexpr int64_t kMaxDenseNetChannels = int64_t{1} << 20;
+
 /// Output channels of each dense block of a DenseNet-DS built with `o` (what
 /// DenseNetDSImpl builds, computed without building it); throws ValueError for sizes the
-/// model refuses.
+/// model refuses, including any channel count above kMaxDenseNetChannels.
 std::vector<int64_t> dense_block_channels(const DenseNetDSOptions& o);
 
 /// Why a DenseNet-DS built with `o` refuses bf16 training, "" when it takes it: the

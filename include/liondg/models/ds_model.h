@@ -113,6 +113,12 @@ struct AuxHeadSpec {
   int64_t in_channels;   // channels of the tapped activation
 };
 
+/// The reason a model without a bfloat16 path gives for refusing bf16 training (one
+/// wording for the model's own check and the registry's check without building it).
+inline std::string no_bf16_path(const std::string& model_name) {
+  return model_name + " has no bfloat16 path (DenseNet-DS's fused blocks have)";
+}
+
 /// Base class of every deeply-supervised model. Subclasses build the backbone,
 /// then call `register_heads`; the heads are registered as `main_head` and
 /// `aux_heads.<k>`, which is what parameter roles are derived from.
@@ -132,7 +138,7 @@ class DSModelImpl : public torch::nn::Module {
   /// Reduced precision in the fused training path (see DenseNetDSImpl): the dense
   /// layers' convolutions on bfloat16 operands. A model without it refuses `true`.
   virtual void set_bf16_training(bool enabled) {
-    TORCH_CHECK_VALUE(!enabled, "bf16 training: ", name(), " has no bfloat16 path (DenseNet-DS's fused blocks have)");
+    TORCH_CHECK_VALUE(!enabled, "bf16 training: ", no_bf16_path(name()));
   }
   virtual bool bf16_training() const { return false; }
 
