@@ -14,7 +14,8 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
+
+from run_bench import run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -22,8 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def step_seconds(binary, model, bf16, a):
     cmd = [binary, "bench", "step", "--model", model, "--batch-size", str(a.batch_size), "--steps", str(a.steps),
            "--threads", str(a.threads), "--json"] + (["--bf16"] if bf16 else [])
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["median_s"]
+    return run(cmd)["median_s"]
 
 
 def main():

@@ -20,18 +20,10 @@ import platform
 import subprocess
 import tempfile
 
+from run_bench import median, run as run_json
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEER = os.path.join(HERE, "peer.py")
-
-
-def run_json(cmd, env):
-    out = subprocess.run(cmd, check=True, env=env, stdout=subprocess.PIPE, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
-
-
-def median(xs):
-    s = sorted(xs)
-    return s[len(s) // 2] if len(s) % 2 else 0.5 * (s[len(s) // 2 - 1] + s[len(s) // 2])
 
 
 def native_bf16():
