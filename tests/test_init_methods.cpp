@@ -15,6 +15,9 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include <cmath>
+#include <limits>
+
 namespace liondg {
 namespace {
 
@@ -246,6 +249,58 @@ TEST(GradInit, ViolatedConstraintTakesConstraintSteps) {
     if (name.find("bias") == std::string::npos) {
       EXPECT_GE(alpha, 0.9) << name;
     }
+  }
+}
+
+// GradInit's fast path (fused blocks, channels-last) against the layer-by-layer path:
+// equal within float rounding, provably engaged, and undone afterwards. With the
+// constraint on, the first pass of an iteration is differentiated twice, which the
+// fused block's first-order backward cannot do, so that pass must not use it: a
+// constrained run must match too.
+TEST(GradInit, FastPathMatchesTheStraightforwardPath) {
+  DataSource data = testing::tiny_data(8, 4, 16, 256);
+  for (const double gamma : {std::numeric_limits<double>::infinity(), 1e-6}) {
+    SCOPED_TRACE(gamma);
+    auto make = [] {
+      auto model = std::make_shared<DenseNetDSImpl>(testing::tiny_densenet());
+      torch::manual_seed(3);
+      he_init_(*model);
+      return model;
+    };
+    auto fast = make();
+    auto plain = make();
+    const GradInitOptions o = GradInitOptions().iterations(6).lr(0.02).batch_size(64).gamma(gamma);
+    // Which path the model is on whenever the calibration draws a batch after the first.
+    std::vector<bool> fused_at_draw;
+    BatchSource fixed = fixed_batches(data);
+    BatchSource spying = [&](int64_t n) {
+      fused_at_draw.push_back(fast->fused_training());
+      return fixed(n);
+    };
+    std::vector<torch::Tensor> running_before;
+    for (const auto& b : fast->buffers()) running_before.push_back(b.clone());
+
+    const GradInitReport a = gradinit_(*fast, spying, o, 0.3);
+    const GradInitReport b = gradinit_(*plain, fixed_batches(data), GradInitOptions(o).fused(false).channels_last(false), 0.3);
+
+    ASSERT_GT(fused_at_draw.size(), 3u);
+    // The switch is set after an iteration's first two draws. Unconstrained: fused from
+    // then on. Constrained: only constraint passes ran, never fused.
+    const bool expect_fused = std::isinf(gamma);
+    for (size_t i = 2; i < fused_at_draw.size(); ++i) EXPECT_EQ(fused_at_draw[i], expect_fused) << "draw " << i;
+    EXPECT_EQ(a.objective_steps, b.objective_steps);
+    EXPECT_EQ(a.constraint_steps, b.constraint_steps);
+    EXPECT_NEAR(a.initial_objective, b.initial_objective, 1e-4 * std::abs(b.initial_objective));
+    EXPECT_NEAR(a.final_objective, b.final_objective, 1e-4 * std::abs(b.final_objective));
+    ASSERT_EQ(a.scales.size(), b.scales.size());
+    for (size_t j = 0; j < a.scales.size(); ++j) {
+      EXPECT_NEAR(a.scales[j].second, b.scales[j].second, 1e-4) << a.scales[j].first;
+    }
+    // Undone: the model's switch, the weights' layout, the running statistics.
+    EXPECT_FALSE(fast->fused_training());
+    for (const auto& p : fast->parameters()) EXPECT_TRUE(p.is_contiguous());
+    const auto running_after = fast->buffers();
+    for (size_t i = 0; i < running_before.size(); ++i) EXPECT_TRUE(running_after[i].equal(running_before[i]));
   }
 }
 

@@ -288,6 +288,41 @@ TEST(Train, FusedBlockTailMatchesTheStraightforwardPath) {
       {"window 2", "must tile the 5x5 map"});
 }
 
+// The fused block's backward is hand-written, so a gradient built through it with
+// create_graph would miss most of its second-order terms. Before this check it did so
+// silently (an L1 gradient-norm's gradient about a tenth of the true one); now it is
+// refused, and the layer-by-layer path gives the double backward.
+TEST(Train, FusedBlockRefusesDoubleBackward) {
+  const DataSource data = testing::tiny_data(9);
+  const torch::Tensor x = normalize(data.train.images.narrow(0, 0, 16), channel_stats(data.train.images));
+  const torch::Tensor y = data.train.labels.narrow(0, 0, 16);
+  for (const bool fused : {true, false}) {
+    torch::manual_seed(4);
+    DenseNetDS model(testing::tiny_densenet());
+    init_model_(*model, "he");
+    model->train();
+    model->set_fused_training(fused);
+    const std::vector<torch::Tensor> params = model->parameters();
+    const auto hessian_vector = [&] {
+      const torch::Tensor loss = deep_supervision_loss(model->forward(x), y, 0.3);
+      const auto g = torch::autograd::grad({loss}, params, {}, /*retain_graph=*/true, /*create_graph=*/true,
+                                           /*allow_unused=*/true);
+      torch::Tensor norm = torch::zeros({});
+      for (const auto& gj : g) norm = norm + gj.abs().sum();
+      return torch::autograd::grad({norm}, params, {}, false, false, /*allow_unused=*/true);
+    };
+    if (fused) {
+      testing::expect_throws<c10::Error>(hessian_vector, {"fused dense block is first-order only", "set_fused_training(false)"});
+      // First-order gradients through the same path still work.
+      deep_supervision_loss(model->forward(x), y, 0.3).backward();
+      EXPECT_TRUE(model->blocks()[0][0]->conv()->weight.grad().defined());
+    } else {
+      const auto hv = hessian_vector();
+      for (size_t j = 0; j < params.size(); ++j) EXPECT_TRUE(hv[j].defined()) << j;
+    }
+  }
+}
+
 // ConvPrecision::kBFloat16 against a layer-by-layer reference that rounds exactly the
 // same tensors: each layer computes conv(relu(bn(x)).to(bf16), W.to(bf16)).to(float),
 // so autograd rounds the output gradient to bfloat16 and widens dA and dW back, as the

@@ -298,6 +298,8 @@ InitPlan run_init_plan(const RunConfig& c) {
   InitPlan plan = resolve_init_plan(c.init, c.backbone_init, c.aux_init);
   plan.lsuv = c.lsuv;
   plan.gradinit = c.gradinit;
+  // Calibration runs as fast as the run's training loop, and as --no-fused says.
+  plan.gradinit.fused(c.train.fused()).channels_last(c.train.channels_last());
   return plan;
 }
 

@@ -43,6 +43,41 @@ bool is_bias(const std::string& name) {
   return name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0;
 }
 
+// The training loop's speed for calibration: convolution weights channels-last and the
+// model's fused first-order path, both undone when the scope ends (also by an exception).
+class CalibrationLayout {
+ public:
+  CalibrationLayout(DSModelImpl& model, const std::vector<torch::Tensor>& params, bool channels_last)
+      : model_(model), fused_before_(model.fused_training()), channels_last_(channels_last) {
+    if (!channels_last_) return;
+    torch::NoGradGuard no_grad;
+    for (const auto& p : params) {
+      if (p.dim() != 4 || p.is_contiguous(torch::MemoryFormat::ChannelsLast)) continue;
+      torch::Tensor handle = p;  // the same variable: set_data changes the parameter itself
+      handle.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
+      converted_.push_back(handle);
+    }
+  }
+  ~CalibrationLayout() {
+    model_.set_fused_training(fused_before_);
+    torch::NoGradGuard no_grad;
+    for (auto& p : converted_) p.set_data(p.contiguous());
+  }
+  CalibrationLayout(const CalibrationLayout&) = delete;
+  CalibrationLayout& operator=(const CalibrationLayout&) = delete;
+
+  // x: (N,C,H,W) in the calibration layout
+  torch::Tensor input(const torch::Tensor& x) const {
+    return channels_last_ && x.dim() == 4 ? x.contiguous(torch::MemoryFormat::ChannelsLast) : x;
+  }
+
+ private:
+  DSModelImpl& model_;
+  const bool fused_before_;
+  const bool channels_last_;
+  std::vector<torch::Tensor> converted_;
+};
+
 }  // namespace
 
 GradInitReport gradinit_(DSModelImpl& model, const BatchSource& batches, const GradInitOptions& o,
@@ -75,6 +110,7 @@ GradInitReport gradinit_(DSModelImpl& model, const BatchSource& batches, const G
   BufferSnapshot buffers(model);  // restored when gradinit_ returns
   const bool was_training = model.is_training();
   model.train();
+  CalibrationLayout layout(model, params, o.channels_last());
 
   auto apply_scales = [&]() {
     torch::NoGradGuard no_grad;
@@ -88,7 +124,10 @@ GradInitReport gradinit_(DSModelImpl& model, const BatchSource& batches, const G
   for (int64_t it = 0; it < o.iterations(); ++it) {
     auto [x0, y0] = batches(half);
     auto [x1, y1] = batches(half);
-    torch::Tensor loss0 = deep_supervision_loss(model.forward(torch::cat({x0, x1})), torch::cat({y0, y1}), aux_weight);
+    // The constraint differentiates this pass twice: the fused path is first-order only.
+    model.set_fused_training(o.fused() && !constrained);
+    torch::Tensor loss0 =
+        deep_supervision_loss(model.forward(layout.input(torch::cat({x0, x1}))), torch::cat({y0, y1}), aux_weight);
     std::vector<torch::Tensor> g = torch::autograd::grad({loss0}, params, {}, /*retain_graph=*/constrained,
                                                          /*create_graph=*/constrained, /*allow_unused=*/true);
     torch::Tensor gnorm = torch::zeros({}, torch::kFloat64);
@@ -123,7 +162,9 @@ GradInitReport gradinit_(DSModelImpl& model, const BatchSource& batches, const G
         }
       }
       auto [x2, y2] = batches(half);
-      torch::Tensor loss1 = deep_supervision_loss(model.forward(torch::cat({x0, x2})), torch::cat({y0, y2}), aux_weight);
+      model.set_fused_training(o.fused());
+      torch::Tensor loss1 =
+          deep_supervision_loss(model.forward(layout.input(torch::cat({x0, x2}))), torch::cat({y0, y2}), aux_weight);
       std::vector<torch::Tensor> grads = torch::autograd::grad({loss1}, params, {}, false, false, /*allow_unused=*/true);
       {
         torch::NoGradGuard no_grad;

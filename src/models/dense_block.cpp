@@ -627,6 +627,13 @@ struct DenseBlockFunction : public torch::autograd::Function<DenseBlockFunction>
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    // Autograd runs a backward in grad mode only for create_graph (a gradient that will
+    // itself be differentiated). The passes below are hand-written kernels autograd cannot
+    // see through, so such a gradient would silently lack most of its second-order terms.
+    TORCH_CHECK(!torch::GradMode::is_enabled(),
+                "the fused dense block is first-order only: its backward cannot build a graph "
+                "(create_graph / double backward); run the model with set_fused_training(false) "
+                "for higher-order gradients");
     const variable_list saved = ctx->get_saved_variables();
     const int64_t layers = ctx->saved_data["layers"].toInt();
     const int64_t c0 = ctx->saved_data["c0"].toInt();

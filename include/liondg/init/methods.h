@@ -109,6 +109,14 @@ struct GradInitOptions {
   TORCH_ARG(int64_t, batch_size) = 128;
   /// sgd only: use g / ||g||_2 as the step direction.
   TORCH_ARG(bool, normalize_grad) = false;
+  /// The first-order passes (every forward/backward unless the constraint is on, whose
+  /// first pass is differentiated twice) use the model's fused training fast path, as the
+  /// training loop does (`DSModelImpl::set_fused_training`); the model's setting is
+  /// restored afterwards. The results equal the layer-by-layer path within float rounding.
+  TORCH_ARG(bool, fused) = true;
+  /// Convolution weights and calibration batches channels-last during calibration (the
+  /// parameters' layouts are restored afterwards; values are unaffected).
+  TORCH_ARG(bool, channels_last) = true;
 };
 
 struct GradInitReport {
