@@ -17,6 +17,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -122,6 +123,18 @@ def e2e(a, model, env):
     return out
 
 
+def source_provenance(a):
+    """Date, the commit of the source tree the benchmark ran from (and whether it had
+    uncommitted changes) and the command line, for the report's first lines."""
+    def git(*args):
+        r = subprocess.run(["git", "-C", os.path.join(HERE, ".."), *args], capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "commit": git("rev-parse", "--short", "HEAD") or "unknown (not a git checkout)",
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "command": " ".join(["/usr/bin/python3", "bench/run_bench.py", *sys.argv[1:]])}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--liondg", default=os.path.join(HERE, "..", "build", "liondg"))
@@ -146,10 +159,11 @@ def main():
     common = ["--batch-size", str(a.batch_size), "--steps", str(a.steps), "--warmup", str(a.warmup),
               "--threads", str(a.threads), "--json"]
     peak, peak_text = cpu_peak()
+    provenance = source_provenance(a)
     torch_version = run([a.python, PEER, "params", "--json"])["torch"]
     results = {"machine": {"cpu_peak_gflops": peak, "cpu_peak_derivation": peak_text, "python_torch": torch_version,
                            "platform": platform.platform(), "threads": a.threads},
-               "settings": vars(a), "models": {}}
+               "provenance": provenance, "settings": vars(a), "models": {}}
     print(f"peak: {peak_text}", flush=True)
     for model in a.models.split(","):
         flops = run([a.python, PEER, "flops", "--model", model, "--json"])["forward_flops_per_image"]
@@ -213,6 +227,8 @@ def main():
     with open(os.path.join(a.out, "latest.json"), "w") as f:
         json.dump(results, f, indent=2)
     lines = [f"# liondg vs PyTorch eager ({torch_version}), {a.threads} threads, batch {a.batch_size}", "",
+             f"Measured on {provenance['date']} from commit {provenance['commit']}"
+             f"{' with uncommitted changes' if provenance['dirty'] else ''}. Command: `{provenance['command']}`.", "",
              f"Machine: {platform.platform()}; fp32 peak {peak_text}.", "",
              f"Medians of {a.reps} alternating process pairs, each the median of {a.steps} steps after "
              f"{a.warmup} warm-up steps. Ratio = ours / peer (lower is better for ours); pair ratios = the "
