@@ -3,7 +3,7 @@
 
 Speed: `liondg bench step` in float32, the same with --bf16, and PyTorch eager in float32
 (peer.py step), alternating fresh processes --reps times, medians of medians.
-Accuracy: `liondg train` on CIFAR-10 from the archive with and without --bf16, the same
+Accuracy: `liondg train` on CIFAR-10 (or --dataset cifar100) from the archive with and without --bf16, the same
 seeds, init and steps (evaluation every --eval-every steps on the first --eval-limit test
 images); main-head accuracies and losses, steps to 70% training accuracy, and the largest
 difference of the training loss curves.
@@ -48,7 +48,7 @@ def speed(a, env):
 
 
 def train_run(a, env, seed, bf16, out_dir):
-    cmd = [a.liondg, "train", "--model", "densenet-ds", "--init", a.init, "--dataset", "cifar10", "--data", a.data,
+    cmd = [a.liondg, "train", "--model", "densenet-ds", "--init", a.init, "--dataset", a.dataset, "--data", a.data,
            "--steps", str(a.train_steps), "--eval-every", str(a.eval_every), "--eval-limit", str(a.eval_limit),
            "--grad-every", "0", "--seed", str(seed), "--threads", str(a.threads), "--quiet", "--no-save-model",
            "--out", out_dir] + (["--bf16"] if bf16 else [])
@@ -106,7 +106,8 @@ def markdown(res):
              f"{s['bf16_over_fp32']:.2f}x | {s['bf16_over_peer']:.2f}x | {s['fp32_over_peer']:.2f}x | "
              f"{min(s['pair_bf16_over_fp32']):.2f}-{max(s['pair_bf16_over_fp32']):.2f}x |"]
     if "accuracy" in res:
-        lines += ["", f"Accuracy effect: `liondg train --model densenet-ds --init {st['init']} --dataset cifar10` on "
+        lines += ["", f"Accuracy effect: `liondg train --model densenet-ds --init {st['init']} "
+                  f"--dataset {st.get('dataset', 'cifar10')}` on "
                   f"{os.path.basename(st['data'])}, {st['train_steps']} steps (the paper's AdamW, batch 128, flips), "
                   f"evaluation of the main head on the first {st['eval_limit']} test images at the end; the same "
                   f"seed gives both modes the same initial weights and batches.", "",
@@ -130,7 +131,8 @@ def main():
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--steps", type=int, default=6, help="timed steps per bench process")
-    p.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data", "cifar10-jpeg.tar.gz"))
+    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"])
+    p.add_argument("--data", help="the data set's JPEG archive (default: ../shared/data/DATASET-jpeg.tar.gz)")
     p.add_argument("--train-steps", type=int, default=1000)
     p.add_argument("--seeds", default="42,123")
     p.add_argument("--init", default="lion-dg")
@@ -141,6 +143,8 @@ def main():
     p.add_argument("--render-only", action="store_true",
                    help="measure nothing: redraw OUT/bf16_mode.md from OUT/bf16_mode.json")
     a = p.parse_args()
+    if a.data is None:
+        a.data = os.path.join(HERE, "..", "..", "shared", "data", f"{a.dataset}-jpeg.tar.gz")
     if a.render_only:
         write_markdown(json.load(open(os.path.join(a.out, "bf16_mode.json"))), a.out)
         return
@@ -151,7 +155,7 @@ def main():
     res["speed"] = speed(a, env)
     if not a.no_accuracy:
         if not os.path.exists(a.data):
-            raise SystemExit(f"bf16_mode.py: --data {a.data}: no such archive (CIFAR-10 JPEG tar.gz expected; "
+            raise SystemExit(f"bf16_mode.py: --data {a.data}: no such archive ({a.dataset} JPEG tar.gz expected; "
                              f"--no-accuracy skips the accuracy runs)")
         res["accuracy"] = accuracy(a, env)
     os.makedirs(a.out, exist_ok=True)

@@ -252,17 +252,20 @@ TEST(GradInit, ViolatedConstraintTakesConstraintSteps) {
   }
 }
 
-// GradInit's fast path (fused blocks, channels-last) against the layer-by-layer path:
-// equal within float rounding, provably engaged, and undone afterwards. With the
-// constraint on, the first pass of an iteration is differentiated twice, which the
-// fused block's first-order backward cannot do, so that pass must not use it: a
-// constrained run must match too.
+// GradInit's fast path (DenseNet-DS's fused blocks, ResNet-DS's fused BatchNorm+ReLU,
+// channels-last) against the layer-by-layer path: equal within float rounding, provably
+// engaged, and undone afterwards. With the constraint on, the first pass of an iteration
+// is differentiated twice, which the fused nodes' first-order backward cannot do (they
+// refuse), so that pass must not use them: a constrained run must match too.
 TEST(GradInit, FastPathMatchesTheStraightforwardPath) {
   DataSource data = testing::tiny_data(8, 4, 16, 256);
+  for (const bool resnet : {false, true})
   for (const double gamma : {std::numeric_limits<double>::infinity(), 1e-6}) {
-    SCOPED_TRACE(gamma);
-    auto make = [] {
-      auto model = std::make_shared<DenseNetDSImpl>(testing::tiny_densenet());
+    SCOPED_TRACE(std::string(resnet ? "resnet" : "densenet") + " gamma " + std::to_string(gamma));
+    auto make = [resnet]() -> std::shared_ptr<DSModelImpl> {
+      std::shared_ptr<DSModelImpl> model;
+      if (resnet) model = std::make_shared<ResNetDSImpl>(testing::tiny_resnet());
+      else model = std::make_shared<DenseNetDSImpl>(testing::tiny_densenet());
       torch::manual_seed(3);
       he_init_(*model);
       return model;

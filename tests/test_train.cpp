@@ -8,6 +8,7 @@
 #include <liondg/experiment/decoupling.h>
 #include <liondg/experiment/run.h>
 #include <liondg/init/init.h>
+#include <liondg/models/batch_norm.h>
 #include <liondg/models/registry.h>
 #include <liondg/train/distributed.h>
 #include <liondg/train/trainer.h>
@@ -286,6 +287,73 @@ TEST(Train, FusedBlockTailMatchesTheStraightforwardPath) {
   testing::expect_throws<c10::Error>(
       [&] { dense_block_fused(torch::randn({2, 12, 5, 5}), model->blocks()[0], /*pool=*/false, BlockTail{norm, 2}); },
       {"window 2", "must tile the 5x5 map"});
+}
+
+// ResNet-DS's fused BatchNorm(+residual)+ReLU node against BatchNorm2d, the add and
+// the ReLU composed: the output, the gradients of the input, the residual and the affine
+// parameters, and the running statistics, with and without a residual, channels-last
+// and NCHW inputs, one and two threads. Tolerances as in FastPathMatchesTheStraightforwardPath.
+TEST(Train, FusedBatchNormReLUMatchesTheComposition) {
+  const int threads_before = torch::get_num_threads();
+  const auto close = [](const torch::Tensor& a, const torch::Tensor& b, double tol) {
+    return (a - b).norm().item<double>() <= tol * a.norm().item<double>() + 1e-12;
+  };
+  for (int threads : {1, 2})
+  for (bool with_residual : {false, true})
+  for (bool nhwc : {false, true}) {
+    torch::set_num_threads(threads);
+    const std::string name = "threads " + std::to_string(threads) + (with_residual ? " residual" : "") +
+                             (nhwc ? " channels-last" : " nchw");
+    torch::manual_seed(31);
+    const auto format = nhwc ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::Contiguous;
+    const torch::Tensor x0 = (torch::randn({6, 10, 7, 5}) * 2 + 0.5).contiguous(format);
+    const torch::Tensor r0 = torch::randn({6, 10, 7, 5}).contiguous(format);
+    const torch::Tensor weight = torch::randn({6, 10, 7, 5});
+    auto make_norm = [] {
+      torch::nn::BatchNorm2d norm(10);
+      torch::NoGradGuard no_grad;
+      norm->weight.uniform_(0.5, 1.5);
+      norm->bias.uniform_(-0.5, 0.5);
+      norm->running_var.fill_(2.0);
+      return norm;
+    };
+    torch::manual_seed(32);
+    torch::nn::BatchNorm2d plain = make_norm();
+    torch::manual_seed(32);
+    torch::nn::BatchNorm2d fast = make_norm();
+    const torch::Tensor xp = x0.clone().requires_grad_(true), rp = r0.clone().requires_grad_(true);
+    const torch::Tensor xf = x0.clone().requires_grad_(true), rf = r0.clone().requires_grad_(true);
+    const torch::Tensor expected = torch::relu(plain->forward(xp) + (with_residual ? rp : torch::zeros_like(rp)));
+    const torch::Tensor got = batch_norm_relu_fused(fast, xf, with_residual ? rf : torch::Tensor());
+    EXPECT_TRUE(close(expected, got, 1e-5)) << name;
+    EXPECT_TRUE(got.is_contiguous(torch::MemoryFormat::ChannelsLast)) << name;
+    (expected * weight).sum().backward();
+    (got * weight).sum().backward();
+    EXPECT_TRUE(close(xp.grad(), xf.grad(), 1e-4)) << name;
+    EXPECT_EQ(xf.grad().is_contiguous(torch::MemoryFormat::ChannelsLast), nhwc) << name;
+    if (with_residual) {
+      ASSERT_TRUE(rf.grad().defined()) << name;
+      EXPECT_TRUE(close(rp.grad(), rf.grad(), 1e-5)) << name;
+    } else {
+      EXPECT_FALSE(rf.grad().defined()) << name;
+    }
+    EXPECT_TRUE(close(plain->weight.grad(), fast->weight.grad(), 1e-4)) << name;
+    EXPECT_TRUE(close(plain->bias.grad(), fast->bias.grad(), 1e-4)) << name;
+    EXPECT_TRUE(close(plain->running_mean, fast->running_mean, 1e-5)) << name;
+    EXPECT_TRUE(close(plain->running_var, fast->running_var, 1e-5)) << name;
+    EXPECT_EQ(fast->num_batches_tracked.item<int64_t>(), 1) << name;
+  }
+  torch::set_num_threads(threads_before);
+  // Refused: a residual of another shape, and a gradient-of-gradient.
+  torch::nn::BatchNorm2d norm(4);
+  testing::expect_throws<c10::Error>(
+      [&] { batch_norm_relu_fused(norm, torch::randn({2, 4, 3, 3}), torch::randn({2, 4, 3, 2})); },
+      {"residual", "does not match"});
+  const torch::Tensor x = torch::randn({2, 4, 3, 3}, torch::requires_grad());
+  const torch::Tensor y = batch_norm_relu_fused(norm, x);
+  testing::expect_throws<c10::Error>(
+      [&] { torch::autograd::grad({(y * y).sum()}, {x}, {}, /*retain_graph=*/true, /*create_graph=*/true); },
+      {"fused BatchNorm+ReLU is first-order only"});
 }
 
 // The fused block's backward is hand-written, so a gradient built through it with

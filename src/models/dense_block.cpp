@@ -24,7 +24,12 @@
 // output, its gradient and dA_l) is bfloat16: the passes that write A_l and the conv
 // output gradient round to it, those that read the conv output and dA_l widen from it;
 // F, dF and all statistics stay float.
+// The same kernels also make ResNet-DS's fused BatchNorm(+residual)+ReLU node
+// (batch_norm_relu_fused, declared in batch_norm.h): y = relu(X * a + b + R) on one
+// channels-last tensor X (P, C), the statistics pass and one output pass forward, a
+// sums pass and one gradient pass (dX and dR) backward.
 
+#include <liondg/models/batch_norm.h>
 #include <liondg/models/densenet_ds.h>
 
 #include <ATen/Parallel.h>
@@ -454,6 +459,7 @@ void bn_scalars(const std::vector<double>& sdz, const std::vector<double>& sdzx,
   }
 }
 
+
 torch::Tensor channels_last(const torch::Tensor& t) { return t.contiguous(torch::MemoryFormat::ChannelsLast); }
 
 // Large per-step buffers (the feature buffer, its gradient, the BN-ReLU outputs) are
@@ -552,6 +558,123 @@ torch::Tensor layers_backward(const variable_list& saved, int64_t layers, int64_
   return dx;
 }
 
+// Autograd runs a backward in grad mode only for create_graph (a gradient that will itself
+// be differentiated). The fused nodes' backward passes are hand-written kernels autograd
+// cannot see through, so such a gradient would silently lack most of its second-order
+// terms: refused instead.
+void refuse_graph_building_backward(const char* what) {
+  TORCH_CHECK(!torch::GradMode::is_enabled(), what,
+              " is first-order only: its backward cannot build a graph (create_graph / double backward); "
+              "run the model with set_fused_training(false) for higher-order gradients");
+}
+
+// ---- BatchNorm + (residual) + ReLU of one channels-last tensor X (P, C): y = relu(X * a + b + R)
+
+// Over pixels [begin, end): y[p, j] = relu(x[p, j] * a[j] + b[j] + r[p, j]).
+LIONDG_MULTIVERSION void bn_add_relu_forward_range(const float* __restrict x, const float* __restrict r, int64_t begin,
+                                                   int64_t end, int64_t c, const float* __restrict a,
+                                                   const float* __restrict b, float* __restrict y) {
+  for (int64_t p = begin * c; p < end * c; p += c) {
+    for (int64_t j = 0; j < c; ++j) {
+      const float z = x[p + j] * a[j] + b[j] + r[p + j];
+      y[p + j] = z > 0.0f ? z : 0.0f;
+    }
+  }
+}
+
+// Over pixels [begin, end): dZ = y > 0 ? dy : 0, dx = scale * (dZ - mdz - xhat * mdzx), and
+// if dr is set, dr = dZ (the residual's gradient).
+LIONDG_MULTIVERSION void bn_relu_input_grad_range(const float* __restrict x, const float* __restrict y,
+                                                  const float* __restrict dy, int64_t begin, int64_t end, int64_t c,
+                                                  const float* __restrict mean, const float* __restrict invstd,
+                                                  const float* __restrict scale, const float* __restrict mdz,
+                                                  const float* __restrict mdzx, float* __restrict dx,
+                                                  float* __restrict dr) {
+  for (int64_t p = begin * c; p < end * c; p += c) {
+    for (int64_t j = 0; j < c; ++j) {
+      const float dz = y[p + j] > 0.0f ? dy[p + j] : 0.0f;
+      dx[p + j] = scale[j] * (dz - mdz[j] - (x[p + j] - mean[j]) * invstd[j] * mdzx[j]);
+    }
+    if (dr != nullptr) {
+      for (int64_t j = 0; j < c; ++j) dr[p + j] = y[p + j] > 0.0f ? dy[p + j] : 0.0f;
+    }
+  }
+}
+
+// relu(BatchNorm(x) + residual) in training mode with batch statistics, x (N,C,H,W) on the
+// CPU; the residual is optional (an empty tensor). Output and gradients channels-last.
+struct BatchNormReLUFunction : public torch::autograd::Function<BatchNormReLUFunction> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& gamma,
+                               const torch::Tensor& beta, const torch::Tensor& residual, torch::Tensor running_mean,
+                               torch::Tensor running_var, double eps, double momentum) {
+    const torch::Tensor xc = channels_last(x);
+    const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), pixels = n * h * w;
+    const torch::Tensor mean = torch::empty({c}, x.options()), invstd = torch::empty_like(mean);
+    const torch::Tensor var = torch::empty_like(mean);
+    const float* xp = xc.data_ptr<float>();
+    channel_stats(xp, /*ss=*/c, pixels, c, /*dst=*/nullptr, /*ds=*/0, eps, /*c0=*/0, mean.data_ptr<float>(),
+                  invstd.data_ptr<float>(), var.data_ptr<float>());
+    {
+      torch::NoGradGuard no_grad;
+      running_mean.mul_(1.0 - momentum).add_(mean, /*alpha=*/momentum);
+      running_var.mul_(1.0 - momentum).add_(var, /*alpha=*/momentum);
+    }
+    const auto ab = affine_of(gamma.detach(), beta.detach(), mean, invstd);
+    const float* a = ab.first.data_ptr<float>();
+    const float* b = ab.second.data_ptr<float>();
+    torch::Tensor y = torch::empty({n, c, h, w}, x.options().memory_format(torch::MemoryFormat::ChannelsLast));
+    float* yp = y.data_ptr<float>();
+    if (residual.defined() && residual.numel() > 0) {
+      const torch::Tensor rc = channels_last(residual);
+      const float* rp = rc.data_ptr<float>();
+      at::parallel_for(0, pixels, kGrain,
+                       [&](int64_t begin, int64_t end) { bn_add_relu_forward_range(xp, rp, begin, end, c, a, b, yp); });
+      ctx->saved_data["residual"] = true;
+    } else {
+      bn_relu_forward(xp, pixels, /*ct=*/c, c, a, b, yp);
+      ctx->saved_data["residual"] = false;
+    }
+    ctx->save_for_backward({xc, y, mean, invstd, gamma});
+    ctx->saved_data["x_channels_last"] = x.is_contiguous(torch::MemoryFormat::ChannelsLast);
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    refuse_graph_building_backward("the fused BatchNorm+ReLU");
+    const variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor& x = saved[0];
+    const torch::Tensor& y = saved[1];
+    const torch::Tensor& mean = saved[2];
+    const torch::Tensor& invstd = saved[3];
+    const torch::Tensor gamma = saved[4].contiguous();
+    const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), pixels = n * h * w;
+    const torch::Tensor dy = channels_last(grad_outputs[0]);
+    const float* xp = x.data_ptr<float>();
+    const float* yp = y.data_ptr<float>();
+    const float* dyp = dy.data_ptr<float>();
+    std::vector<double> sdz(static_cast<size_t>(c)), sdzx(static_cast<size_t>(c));
+    bn_relu_backward_sums(xp, yp, dyp, pixels, /*ct=*/c, c, mean.data_ptr<float>(), invstd.data_ptr<float>(),
+                          sdz.data(), sdzx.data());
+    std::vector<float> scale, mdz, mdzx;
+    torch::Tensor dgamma = torch::empty({c}, x.options()), dbeta = torch::empty({c}, x.options());
+    bn_scalars(sdz, sdzx, pixels, gamma.data_ptr<float>(), invstd.data_ptr<float>(), scale, mdz, mdzx,
+               dgamma.data_ptr<float>(), dbeta.data_ptr<float>());
+    const auto format = torch::MemoryFormat::ChannelsLast;
+    torch::Tensor dx = torch::empty({n, c, h, w}, x.options().memory_format(format));
+    const bool residual = ctx->saved_data["residual"].toBool();
+    torch::Tensor dr = residual ? torch::empty({n, c, h, w}, x.options().memory_format(format)) : torch::Tensor();
+    float* dxp = dx.data_ptr<float>();
+    float* drp = residual ? dr.data_ptr<float>() : nullptr;
+    const float* mp = mean.data_ptr<float>();
+    const float* ip = invstd.data_ptr<float>();
+    at::parallel_for(0, pixels, kGrain, [&](int64_t begin, int64_t end) {
+      bn_relu_input_grad_range(xp, yp, dyp, begin, end, c, mp, ip, scale.data(), mdz.data(), mdzx.data(), dxp, drp);
+    });
+    if (!ctx->saved_data["x_channels_last"].toBool()) dx = dx.contiguous();
+    return {dx, dgamma, dbeta, dr, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
 struct DenseBlockFunction : public torch::autograd::Function<DenseBlockFunction> {
   // params: per layer {gamma, beta, conv weight}, then the tail's {gamma, beta};
   // buffers: per layer {running_mean, running_var}, then the tail's. tail_window = 0: no tail.
@@ -627,13 +750,7 @@ struct DenseBlockFunction : public torch::autograd::Function<DenseBlockFunction>
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    // Autograd runs a backward in grad mode only for create_graph (a gradient that will
-    // itself be differentiated). The passes below are hand-written kernels autograd cannot
-    // see through, so such a gradient would silently lack most of its second-order terms.
-    TORCH_CHECK(!torch::GradMode::is_enabled(),
-                "the fused dense block is first-order only: its backward cannot build a graph "
-                "(create_graph / double backward); run the model with set_fused_training(false) "
-                "for higher-order gradients");
+    refuse_graph_building_backward("the fused dense block");
     const variable_list saved = ctx->get_saved_variables();
     const int64_t layers = ctx->saved_data["layers"].toInt();
     const int64_t c0 = ctx->saved_data["c0"].toInt();
@@ -796,6 +913,24 @@ FusedBlockOutput dense_block_inference(const torch::Tensor& x, const std::vector
                  tail_out.data_ptr<float>());
   }
   return {f, torch::Tensor(), tail_out};
+}
+
+torch::Tensor batch_norm_relu_fused(const torch::nn::BatchNorm2d& norm, const torch::Tensor& x,
+                                    const torch::Tensor& residual) {
+  TORCH_CHECK(x.dim() == 4 && x.device().is_cpu() && x.scalar_type() == torch::kFloat32,
+              "batch_norm_relu_fused: (N,C,H,W) float32 CPU input expected, got ", x.sizes(), " ", x.scalar_type(),
+              " on ", x.device());
+  TORCH_CHECK(x.size(1) == norm->options.num_features(), "batch_norm_relu_fused: ", x.size(1),
+              " channels for a BatchNorm of ", norm->options.num_features());
+  TORCH_CHECK(x.size(1) <= kMaxFusedChannels, "batch_norm_relu_fused: ", x.size(1), " channels exceed ",
+              kMaxFusedChannels);
+  TORCH_CHECK(!residual.defined() || residual.sizes() == x.sizes(), "batch_norm_relu_fused: residual ",
+              residual.sizes(), " does not match the input ", x.sizes());
+  norm->num_batches_tracked.add_(1);
+  // Function::apply takes defined tensors only: no residual is an empty one.
+  return BatchNormReLUFunction::apply(x, norm->weight, norm->bias, residual.defined() ? residual : torch::empty({0}),
+                                      norm->running_mean, norm->running_var, norm->options.eps(),
+                                      norm->options.momentum().value_or(0.1));
 }
 
 }  // namespace liondg

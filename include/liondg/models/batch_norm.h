@@ -41,4 +41,15 @@ BatchNormSync* active_batch_norm_sync();
 /// to be averaged with the other gradients. Otherwise this is bn->forward(x).
 torch::Tensor batch_norm(torch::nn::BatchNorm2d& bn, const torch::Tensor& x);
 
+/// relu(bn(x) + residual) in training mode (batch statistics; running statistics and
+/// num_batches_tracked updated as BatchNorm2d does), on a float32 CPU tensor, as one
+/// autograd node with a hand-written backward: the statistics pass and one pass that
+/// normalizes, adds and rectifies; backward, one pass of per-channel sums and one that
+/// writes the input's (and the residual's) gradient. Equal to the composition within
+/// float rounding. First-order only (a create_graph backward is refused); no
+/// cross-rank synchronization. `residual` may be undefined (no residual).
+// x, residual: (N,C,H,W) -> (N,C,H,W) channels-last
+torch::Tensor batch_norm_relu_fused(const torch::nn::BatchNorm2d& bn, const torch::Tensor& x,
+                                    const torch::Tensor& residual = {});
+
 }  // namespace liondg

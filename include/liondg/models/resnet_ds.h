@@ -55,6 +55,9 @@ class BasicBlockImpl : public torch::nn::Module {
   torch::nn::Conv2d conv2() const { return conv2_; }
   torch::nn::Conv2d shortcut_conv() const { return shortcut_conv_; }
   BlockKind kind() const { return kind_; }
+  /// Training with first-order gradients on the CPU: BatchNorm+ReLU and
+  /// BatchNorm+add+ReLU as fused nodes (batch_norm_relu_fused). Set by the model.
+  void set_fused_training(bool enabled) { fused_ = enabled; }
   /// Fixup scalars (undefined for other kinds).
   torch::Tensor fixup_bias1a, fixup_bias1b, fixup_bias2a, fixup_bias2b, fixup_scale;
   /// ReZero gate (undefined for other kinds).
@@ -66,6 +69,7 @@ class BasicBlockImpl : public torch::nn::Module {
   torch::nn::BatchNorm2d bn1_{nullptr}, bn2_{nullptr};
   torch::nn::Conv2d shortcut_conv_{nullptr};
   torch::nn::BatchNorm2d shortcut_bn_{nullptr};
+  bool fused_ = false;
 };
 TORCH_MODULE(BasicBlock);
 
@@ -80,10 +84,16 @@ class ResNetDSImpl : public DSModelImpl {
   const std::vector<std::vector<BasicBlock>>& stages() const { return stages_; }
   /// Number of residual branches (L in Fixup's rule).
   int64_t num_blocks() const;
+  /// The fused BatchNorm+ReLU nodes when training with first-order gradients on the
+  /// CPU in float32 (standard blocks with BatchNorm, no cross-rank synchronization);
+  /// the layer-by-layer composition otherwise. Off by default; the trainer turns it on.
+  void set_fused_training(bool enabled) override;
+  bool fused_training() const override { return fused_; }
 
   ResNetDSOptions options;
 
  private:
+  bool fused_ = false;
   torch::nn::Conv2d stem_conv_{nullptr};
   torch::nn::BatchNorm2d stem_bn_{nullptr};
   std::vector<std::vector<BasicBlock>> stages_;
