@@ -344,6 +344,21 @@ TEST(Train, FusedBatchNormReLUMatchesTheComposition) {
     EXPECT_EQ(fast->num_batches_tracked.item<int64_t>(), 1) << name;
   }
   torch::set_num_threads(threads_before);
+  // Where it does not apply, the model composes instead: a stage wider than the kernels'
+  // 512 channels trains (forward and backward) with the switch on.
+  torch::nn::BatchNorm2d wide_norm(600);
+  EXPECT_FALSE(batch_norm_relu_fusable(wide_norm, torch::randn({1, 600, 2, 2})));
+  EXPECT_TRUE(batch_norm_relu_fusable(wide_norm, torch::randn({1, 512, 2, 2})));
+  {
+    torch::NoGradGuard no_grad;
+    EXPECT_FALSE(batch_norm_relu_fusable(wide_norm, torch::randn({1, 512, 2, 2})));
+  }
+  ResNetDS wide(ResNetDSOptions(4).widths({600, 8, 8}).blocks_per_stage({1, 1, 1}));
+  wide->train();
+  wide->set_fused_training(true);
+  const DSOutput out = wide->forward(torch::randn({2, 3, 8, 8}));
+  deep_supervision_loss(out, torch::tensor({0, 1}), 0.3).backward();
+  EXPECT_TRUE(wide->stages()[0][0]->conv1()->weight.grad().defined());
   // Refused: a residual of another shape, and a gradient-of-gradient.
   torch::nn::BatchNorm2d norm(4);
   testing::expect_throws<c10::Error>(

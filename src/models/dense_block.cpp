@@ -459,7 +459,6 @@ void bn_scalars(const std::vector<double>& sdz, const std::vector<double>& sdzx,
   }
 }
 
-
 torch::Tensor channels_last(const torch::Tensor& t) { return t.contiguous(torch::MemoryFormat::ChannelsLast); }
 
 // Large per-step buffers (the feature buffer, its gradient, the BN-ReLU outputs) are
@@ -913,6 +912,11 @@ FusedBlockOutput dense_block_inference(const torch::Tensor& x, const std::vector
                  tail_out.data_ptr<float>());
   }
   return {f, torch::Tensor(), tail_out};
+}
+
+bool batch_norm_relu_fusable(const torch::nn::BatchNorm2d& norm, const torch::Tensor& x) {
+  return norm && norm->is_training() && torch::GradMode::is_enabled() && x.dim() == 4 && x.device().is_cpu() &&
+         x.scalar_type() == torch::kFloat32 && x.size(1) <= kMaxFusedChannels && active_batch_norm_sync() == nullptr;
 }
 
 torch::Tensor batch_norm_relu_fused(const torch::nn::BatchNorm2d& norm, const torch::Tensor& x,

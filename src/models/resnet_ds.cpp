@@ -59,13 +59,12 @@ torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
     case BlockKind::kStandard:
       break;
   }
-  if (fused_ && bn1_ && is_training() && torch::GradMode::is_enabled() && x.device().is_cpu() &&
-      x.scalar_type() == torch::kFloat32 && active_batch_norm_sync() == nullptr) {
-    torch::Tensor b = batch_norm_relu_fused(bn1_, observe(*conv1_, conv1_->forward(x)));
-    return batch_norm_relu_fused(bn2_, observe(*conv2_, conv2_->forward(b)), shortcut(x));
-  }
   // In place on BatchNorm outputs and on the sum, which no backward needs.
   torch::Tensor b = observe(*conv1_, conv1_->forward(x));
+  if (fused_ && batch_norm_relu_fusable(bn1_, b)) {
+    b = batch_norm_relu_fused(bn1_, b);
+    return batch_norm_relu_fused(bn2_, observe(*conv2_, conv2_->forward(b)), shortcut(x));
+  }
   b = bn1_ ? batch_norm(bn1_, b).relu_() : torch::relu(b);
   b = norm(bn2_, observe(*conv2_, conv2_->forward(b)));
   return (b + shortcut(x)).relu_();
@@ -120,9 +119,8 @@ torch::Tensor ResNetDSImpl::features(const torch::Tensor& x, Taps& taps) {
   TORCH_CHECK_VALUE(x.dim() == 4 && x.size(1) == options.in_channels(), "ResNetDS expects input (N,",
                     options.in_channels(), ",H,W), got ", x.sizes());
   torch::Tensor h = observe(*stem_conv_, stem_conv_->forward(x));
-  const bool fused = fused_ && stem_bn_ && is_training() && torch::GradMode::is_enabled() && h.device().is_cpu() &&
-                     h.scalar_type() == torch::kFloat32 && active_batch_norm_sync() == nullptr;
-  h = fused ? batch_norm_relu_fused(stem_bn_, h) : stem_bn_ ? batch_norm(stem_bn_, h).relu_() : torch::relu(h);
+  if (fused_ && batch_norm_relu_fusable(stem_bn_, h)) h = batch_norm_relu_fused(stem_bn_, h);
+  else h = stem_bn_ ? batch_norm(stem_bn_, h).relu_() : torch::relu(h);
   for (size_t s = 0; s < stages_.size(); ++s) {
     for (auto& block : stages_[s]) h = block->forward(h);
     // Side-tap: the head reads h; the stream continues with the very same h.
