@@ -441,6 +441,14 @@ std::pair<torch::Tensor, torch::Tensor> affine_of(const torch::Tensor& gamma, co
   return {a, b};
 }
 
+// BatchNorm2d's running-statistics update from one batch: r = (1 - m) r + m s, with the
+// unbiased variance. Callers hold no autograd graph (buffers only).
+void update_running_stats(torch::Tensor& running_mean, torch::Tensor& running_var, const torch::Tensor& mean,
+                          const torch::Tensor& var_unbiased, double momentum) {
+  running_mean.mul_(1.0 - momentum).add_(mean, /*alpha=*/momentum);
+  running_var.mul_(1.0 - momentum).add_(var_unbiased, /*alpha=*/momentum);
+}
+
 // From a BatchNorm's backward sums over P pixels (sdz = sum dZ, sdzx = sum dZ * xhat):
 // the input pass's per-channel scalars and the affine parameters' gradients.
 void bn_scalars(const std::vector<double>& sdz, const std::vector<double>& sdzx, int64_t pixels, const float* gamma,
@@ -615,15 +623,14 @@ struct BatchNormReLUFunction : public torch::autograd::Function<BatchNormReLUFun
                   invstd.data_ptr<float>(), var.data_ptr<float>());
     {
       torch::NoGradGuard no_grad;
-      running_mean.mul_(1.0 - momentum).add_(mean, /*alpha=*/momentum);
-      running_var.mul_(1.0 - momentum).add_(var, /*alpha=*/momentum);
+      update_running_stats(running_mean, running_var, mean, var, momentum);
     }
     const auto ab = affine_of(gamma.detach(), beta.detach(), mean, invstd);
     const float* a = ab.first.data_ptr<float>();
     const float* b = ab.second.data_ptr<float>();
     torch::Tensor y = torch::empty({n, c, h, w}, x.options().memory_format(torch::MemoryFormat::ChannelsLast));
     float* yp = y.data_ptr<float>();
-    if (residual.defined() && residual.numel() > 0) {
+    if (residual.numel() > 0) {
       const torch::Tensor rc = channels_last(residual);
       const float* rp = rc.data_ptr<float>();
       at::parallel_for(0, pixels, kGrain,
@@ -707,8 +714,7 @@ struct DenseBlockFunction : public torch::autograd::Function<DenseBlockFunction>
       const torch::Tensor act = bf16 ? layer_forward<Bf16>(fp, n, h, w, ct, c, ab, weight, eps, mp, ip, vp)
                                      : layer_forward<float>(fp, n, h, w, ct, c, ab, weight, eps, mp, ip, vp);
       // Running statistics, as BatchNorm2d updates them from its batch.
-      buffers[2 * l].mul_(1.0 - momentum).add_(mean.narrow(0, 0, c), /*alpha=*/momentum);
-      buffers[2 * l + 1].mul_(1.0 - momentum).add_(var.narrow(0, 0, c), /*alpha=*/momentum);
+      update_running_stats(buffers[2 * l], buffers[2 * l + 1], mean.narrow(0, 0, c), var.narrow(0, 0, c), momentum);
       saved.push_back(act);
     }
     torch::Tensor tail = torch::empty({n, 0}, f.options());
@@ -726,8 +732,7 @@ struct DenseBlockFunction : public torch::autograd::Function<DenseBlockFunction>
       const Tiles tiles{h, w, tail_window};
       tail = pooled_empty_channels_last(n, ct, h / tail_window, w / tail_window, f.options());
       tail_forward(fp, tiles, n, ct, ab.first.data_ptr<float>(), ab.second.data_ptr<float>(), tail.data_ptr<float>());
-      buffers[2 * layers].mul_(1.0 - tail_momentum).add_(mean, /*alpha=*/tail_momentum);
-      buffers[2 * layers + 1].mul_(1.0 - tail_momentum).add_(var, /*alpha=*/tail_momentum);
+      update_running_stats(buffers[2 * layers], buffers[2 * layers + 1], mean, var, tail_momentum);
     } else {
       tail_invstd = torch::empty({0}, f.options());
     }
