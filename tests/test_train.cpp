@@ -9,6 +9,7 @@
 #include <liondg/experiment/run.h>
 #include <liondg/init/init.h>
 #include <liondg/models/batch_norm.h>
+#include <liondg/models/observe.h>
 #include <liondg/models/registry.h>
 #include <liondg/train/distributed.h>
 #include <liondg/train/trainer.h>
@@ -151,6 +152,19 @@ TEST(Train, FastPathMatchesTheStraightforwardPath) {
   torch::set_num_threads(threads_before);
 }
 
+// Running statistics away from (0, 1) (three training-mode batches of shifted, scaled
+// inputs) and BatchNorm affine parameters (those whose name contains `key`) away from
+// (1, 0); the model is left in eval mode. x: (16,3,12,12) batches.
+void give_batch_norms_non_trivial_state(DSModelImpl& model, const std::string& key) {
+  torch::NoGradGuard no_grad;
+  model.train();
+  for (int i = 0; i < 3; ++i) model.forward(torch::randn({16, 3, 12, 12}) * 2 + 0.5);
+  for (auto& p : model.named_parameters()) {
+    if (p.key().find(key) != std::string::npos) p.value().add_(torch::randn_like(p.value()) * 0.3);
+  }
+  model.eval();
+}
+
 // Evaluation through the fused inference block (one feature buffer) against the
 // layer-by-layer concatenation: logits of every head agree to 1e-5 relative, with
 // trained (non-trivial) running statistics, channels-last and NCHW inputs, one and two
@@ -161,16 +175,7 @@ TEST(Train, FusedInferenceMatchesTheStraightforwardPath) {
   torch::manual_seed(5);
   DenseNetDS model(testing::tiny_densenet());
   init_model_(*model, "he");
-  {
-    // Running statistics away from (0, 1), and affine parameters away from (1, 0).
-    torch::NoGradGuard no_grad;
-    model->train();
-    for (int i = 0; i < 3; ++i) model->forward(torch::randn({16, 3, 12, 12}) * 2 + 0.5);
-    for (auto& p : model->named_parameters()) {
-      if (p.key().find("norm") != std::string::npos) p.value().add_(torch::randn_like(p.value()) * 0.3);
-    }
-  }
-  model->eval();
+  give_batch_norms_non_trivial_state(*model, /*key=*/"norm");
   const torch::Tensor x = torch::randn({9, 3, 12, 12});
   for (int threads : {1, 2}) {
     torch::set_num_threads(threads);
@@ -204,6 +209,101 @@ TEST(Train, FusedInferenceMatchesTheStraightforwardPath) {
   EXPECT_TRUE(block.is_contiguous(torch::MemoryFormat::ChannelsLast));
   EXPECT_LE((block - expected).abs().max().item<double>(), 1e-5 * (1 + expected.abs().max().item<double>()));
   torch::set_num_threads(threads_before);
+}
+
+// ResNet-DS evaluation with every BatchNorm folded into the convolution before it
+// against the layer-by-layer composition: logits of every head agree to 1e-5 relative
+// with non-trivial running statistics and affine parameters, channels-last and NCHW,
+// one and two threads, under InferenceMode and under NoGradGuard. The folded path is
+// not taken with gradients on, in training mode or with a layer observer (LSUV): then
+// the result is the composition's, bit for bit. Stated tolerance: W * s and
+// b' = beta - mean * s round differently from normalizing the convolution's output.
+TEST(Train, FoldedInferenceMatchesTheComposition) {
+  const int threads_before = torch::get_num_threads();
+  torch::manual_seed(6);
+  ResNetDS model(testing::tiny_resnet());
+  init_model_(*model, "he");
+  give_batch_norms_non_trivial_state(*model, /*key=*/"bn");
+  auto close = [](const torch::Tensor& a, const torch::Tensor& b) {
+    return (a - b).abs().max().item<double>() <= 1e-5 * (1 + a.abs().max().item<double>());
+  };
+  const torch::Tensor x = torch::randn({9, 3, 12, 12});
+  for (int threads : {1, 2}) {
+    torch::set_num_threads(threads);
+    for (bool cl : {false, true}) {
+      for (bool inference_mode : {false, true}) {
+        const torch::Tensor input = cl ? x.contiguous(torch::MemoryFormat::ChannelsLast) : x;
+        const auto evaluate = [&](bool fold) {
+          model->set_fused_inference(fold);
+          if (inference_mode) {
+            torch::InferenceMode guard;
+            return model->forward(input);
+          }
+          torch::NoGradGuard guard;
+          return model->forward(input);
+        };
+        const DSOutput plain = evaluate(/*fold=*/false);
+        const DSOutput folded = evaluate(/*fold=*/true);
+        const std::string where = "threads " + std::to_string(threads) + " channels-last " + std::to_string(cl) +
+                                  " inference mode " + std::to_string(inference_mode);
+        EXPECT_TRUE(close(plain.logits, folded.logits)) << where;
+        ASSERT_EQ(plain.aux_logits.size(), folded.aux_logits.size());
+        for (size_t k = 0; k < plain.aux_logits.size(); ++k) {
+          EXPECT_TRUE(close(plain.aux_logits[k], folded.aux_logits[k])) << "aux " << k << " " << where;
+        }
+        // A different computation ran (bit-identical would mean the switch did nothing).
+        EXPECT_FALSE(torch::equal(plain.logits, folded.logits)) << where;
+      }
+    }
+  }
+  torch::set_num_threads(threads_before);
+  // Where folding does not apply, the switch changes nothing.
+  const auto plain_logits = [&](auto&& run) {
+    model->set_fused_inference(false);
+    const torch::Tensor a = run().logits.detach();
+    model->set_fused_inference(true);
+    const torch::Tensor b = run().logits.detach();
+    return torch::equal(a, b);
+  };
+  EXPECT_TRUE(plain_logits([&] { return model->forward(x); })) << "gradients on";
+  struct Silent : LayerObserver {
+    void on_output(torch::nn::Module& /*layer*/, const torch::Tensor& /*output*/) override {}
+  } observer;
+  EXPECT_TRUE(plain_logits([&] {
+    torch::NoGradGuard no_grad;
+    ObserverGuard guard(&observer);
+    return model->forward(x);
+  })) << "observer";
+  // Training mode normalizes with the batch's statistics (the running ones it updates
+  // do not enter the output).
+  torch::NoGradGuard no_grad;
+  model->train();
+  EXPECT_TRUE(plain_logits([&] { return model->forward(x); })) << "training mode";
+}
+
+// fold_batch_norm on its own: a convolution with a bias and a BatchNorm without affine
+// parameters, W' in W's memory format; a BatchNorm without running statistics is refused.
+TEST(Train, FoldBatchNormMatchesTheComposition) {
+  torch::manual_seed(7);
+  torch::nn::Conv2d conv(torch::nn::Conv2dOptions(4, 6, /*kernel_size=*/3).padding(1).bias(true));
+  torch::nn::BatchNorm2d bn(torch::nn::BatchNorm2dOptions(6).affine(false));
+  torch::NoGradGuard no_grad;
+  bn->running_mean.uniform_(-1, 1);
+  bn->running_var.uniform_(0.5, 2);
+  bn->eval();
+  conv->weight.set_data(conv->weight.contiguous(torch::MemoryFormat::ChannelsLast));
+  const torch::Tensor x = torch::randn({3, 4, 7, 7});
+  const auto folded = fold_batch_norm(conv->weight, conv->bias, bn);
+  EXPECT_TRUE(folded.first.is_contiguous(torch::MemoryFormat::ChannelsLast));
+  const torch::Tensor expected = bn->forward(conv->forward(x));
+  const torch::Tensor got = torch::conv2d(x, folded.first, folded.second, /*stride=*/1, /*padding=*/1);
+  EXPECT_LE((got - expected).abs().max().item<double>(), 1e-5 * (1 + expected.abs().max().item<double>()));
+  EXPECT_TRUE(batch_norm_foldable(bn, x));
+  torch::nn::BatchNorm2d batch_stats(torch::nn::BatchNorm2dOptions(6).track_running_stats(false));
+  batch_stats->eval();
+  EXPECT_FALSE(batch_norm_foldable(batch_stats, x));
+  testing::expect_throws<c10::ValueError>([&] { fold_batch_norm(conv->weight, conv->bias, batch_stats); },
+                                          {"without running statistics"});
 }
 
 // A fused block's tail (BatchNorm+ReLU+average pooling of the block output, computed
@@ -627,21 +727,24 @@ TEST(Train, FusedOptionIsScopedToTheRun) {
     }
   };
   DataSource data = testing::tiny_data(/*seed=*/2);
-  auto model = std::make_shared<DenseNetDSImpl>(testing::tiny_densenet());
-  he_init_(*model);
-  for (bool own_training : {false, true}) {
-    for (bool own_inference : {false, true}) {
-      for (bool run_fused : {false, true}) {
-        model->set_fused_training(own_training);
-        model->set_fused_inference(own_inference);
-        Observe seen(*model);
-        const TrainSummary s =
-            train(*model, data, fast_options().steps(2).eval_every(0).fused(run_fused), {&seen});
-        ASSERT_EQ(s.status, "completed") << s.diverged_reason;
-        EXPECT_EQ(seen.training, run_fused);
-        EXPECT_EQ(seen.inference, run_fused);
-        EXPECT_EQ(model->fused_training(), own_training) << own_training << own_inference << run_fused;
-        EXPECT_EQ(model->fused_inference(), own_inference) << own_training << own_inference << run_fused;
+  const std::vector<std::shared_ptr<DSModelImpl>> models{std::make_shared<DenseNetDSImpl>(testing::tiny_densenet()),
+                                                         std::make_shared<ResNetDSImpl>(testing::tiny_resnet())};
+  for (const auto& model : models) {
+    he_init_(*model);
+    for (bool own_training : {false, true}) {
+      for (bool own_inference : {false, true}) {
+        for (bool run_fused : {false, true}) {
+          model->set_fused_training(own_training);
+          model->set_fused_inference(own_inference);
+          Observe seen(*model);
+          const TrainSummary s =
+              train(*model, data, fast_options().steps(2).eval_every(0).fused(run_fused), {&seen});
+          ASSERT_EQ(s.status, "completed") << s.diverged_reason;
+          EXPECT_EQ(seen.training, run_fused);
+          EXPECT_EQ(seen.inference, run_fused);
+          EXPECT_EQ(model->fused_training(), own_training) << own_training << own_inference << run_fused;
+          EXPECT_EQ(model->fused_inference(), own_inference) << own_training << own_inference << run_fused;
+        }
       }
     }
   }

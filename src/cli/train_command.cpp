@@ -217,8 +217,9 @@ void add_train_command(CLI::App& app, int& status) {
   cmd->add_flag("--no-prefetch", [opts](int64_t) { opts->prefetch(false); },
                 "Prepare batches on the training thread (the same batches; for timing comparisons)");
   cmd->add_flag("--no-fused", [opts](int64_t) { opts->fused(false); },
-                "Layer-by-layer dense blocks instead of the fused blocks, in training and evaluation (equal within float "
-                "rounding; slower)");
+                "The layer-by-layer path instead of the fused nodes (DenseNet-DS's fused blocks, ResNet-DS's fused "
+                "BatchNorm+ReLU and folded BatchNorm), in training and evaluation (equal within float rounding; "
+                "slower)");
   cmd->add_option("--device", opts->device(),
                   "cpu, cuda or cuda:N: on a GPU the training split, augmentation, step and records stay on the "
                   "device and the step is replayed as a CUDA graph (docs/gpu.md)")

@@ -112,4 +112,26 @@ torch::Tensor batch_norm(torch::nn::BatchNorm2d& bn, const torch::Tensor& x) {
                                       o.eps(), static_cast<int64_t>(reinterpret_cast<intptr_t>(sync)));
 }
 
+std::pair<torch::Tensor, torch::Tensor> fold_batch_norm(const torch::Tensor& conv_weight, const torch::Tensor& conv_bias,
+                                                        const torch::nn::BatchNorm2d& bn) {
+  const auto& o = bn->options;
+  TORCH_CHECK_VALUE(o.track_running_stats(), "fold_batch_norm: a BatchNorm without running statistics normalizes ",
+                    "with its batch's and cannot be folded");
+  TORCH_CHECK_VALUE(conv_weight.dim() == 4 && conv_weight.size(0) == o.num_features(),
+                    "fold_batch_norm: a convolution weight (", o.num_features(), ",C,kh,kw) expected, got ",
+                    conv_weight.sizes());
+  torch::NoGradGuard no_grad;
+  torch::Tensor s = (bn->running_var + o.eps()).rsqrt();
+  if (o.affine()) s = s * bn->weight;
+  torch::Tensor shift = conv_bias.defined() ? conv_bias - bn->running_mean : -bn->running_mean;
+  shift = shift * s;
+  if (o.affine()) shift = shift + bn->bias;
+  return {conv_weight * s.view({-1, 1, 1, 1}), shift};
+}
+
+bool batch_norm_foldable(const torch::nn::BatchNorm2d& bn, const torch::Tensor& x) {
+  return bn && !bn->is_training() && bn->options.track_running_stats() && !torch::GradMode::is_enabled() &&
+         x.device().is_cpu() && x.scalar_type() == torch::kFloat32;
+}
+
 }  // namespace liondg

@@ -6,8 +6,20 @@
 
 namespace liondg {
 namespace {
+constexpr int64_t kConv3x3Padding = 1;
+
 torch::nn::Conv2dOptions conv3x3(int64_t in, int64_t out, int64_t stride) {
-  return torch::nn::Conv2dOptions(in, out, /*kernel_size=*/3).stride(stride).padding(1).bias(false);
+  return torch::nn::Conv2dOptions(in, out, /*kernel_size=*/3).stride(stride).padding(kConv3x3Padding).bias(false);
+}
+
+// bn(conv(x)) in evaluation as one convolution (fold_batch_norm); `padding` is the
+// convolution's own (conv3x3's, or 0 for the 1x1 projection).
+// x: (N,C_in,H,W) -> (N,C_out,H/stride,W/stride)
+torch::Tensor conv_batch_norm_folded(const torch::nn::Conv2d& conv, const torch::nn::BatchNorm2d& bn,
+                                     const torch::Tensor& x, int64_t padding) {
+  const auto folded = fold_batch_norm(conv->weight, conv->bias, bn);
+  return torch::conv2d(x, folded.first, folded.second, conv->options.stride(), /*padding=*/padding,
+                       conv->options.dilation(), conv->options.groups());
 }
 }  // namespace
 
@@ -59,6 +71,12 @@ torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
     case BlockKind::kStandard:
       break;
   }
+  if (fused_inference_ && batch_norm_foldable(bn1_, x) && !observing()) {
+    // Evaluation: each convolution with its BatchNorm folded in; in place throughout.
+    torch::Tensor b = conv_batch_norm_folded(conv1_, bn1_, x, kConv3x3Padding).relu_();
+    b = conv_batch_norm_folded(conv2_, bn2_, b, kConv3x3Padding);
+    return b.add_(shortcut_conv_ ? conv_batch_norm_folded(shortcut_conv_, shortcut_bn_, x, /*padding=*/0) : x).relu_();
+  }
   // In place on BatchNorm outputs and on the sum, which no backward needs.
   torch::Tensor b = observe(*conv1_, conv1_->forward(x));
   if (fused_ && batch_norm_relu_fusable(bn1_, b)) {
@@ -89,6 +107,7 @@ ResNetDSImpl::ResNetDSImpl(const ResNetDSOptions& options_) : DSModelImpl("ResNe
       const int64_t stride = (s > 0 && i == 0) ? 2 : 1;
       stage.push_back(register_module("stage" + std::to_string(s + 1) + "_block" + std::to_string(i + 1),
                                       BasicBlock(channels, o.widths()[s], stride, o.block(), o.batch_norm())));
+      stage.back()->set_fused_inference(fused_inference_);
       channels = o.widths()[s];
     }
     stages_.push_back(std::move(stage));
@@ -109,6 +128,13 @@ void ResNetDSImpl::set_fused_training(bool enabled) {
   }
 }
 
+void ResNetDSImpl::set_fused_inference(bool enabled) {
+  fused_inference_ = enabled;
+  for (auto& stage : stages_) {
+    for (auto& block : stage) block->set_fused_inference(enabled);
+  }
+}
+
 int64_t ResNetDSImpl::num_blocks() const {
   int64_t n = 0;
   for (const auto& stage : stages_) n += static_cast<int64_t>(stage.size());
@@ -118,9 +144,14 @@ int64_t ResNetDSImpl::num_blocks() const {
 torch::Tensor ResNetDSImpl::features(const torch::Tensor& x, Taps& taps) {
   TORCH_CHECK_VALUE(x.dim() == 4 && x.size(1) == options.in_channels(), "ResNetDS expects input (N,",
                     options.in_channels(), ",H,W), got ", x.sizes());
-  torch::Tensor h = observe(*stem_conv_, stem_conv_->forward(x));
-  if (fused_ && batch_norm_relu_fusable(stem_bn_, h)) h = batch_norm_relu_fused(stem_bn_, h);
-  else h = stem_bn_ ? batch_norm(stem_bn_, h).relu_() : torch::relu(h);
+  torch::Tensor h;
+  if (fused_inference_ && batch_norm_foldable(stem_bn_, x) && !observing()) {
+    h = conv_batch_norm_folded(stem_conv_, stem_bn_, x, kConv3x3Padding).relu_();
+  } else {
+    h = observe(*stem_conv_, stem_conv_->forward(x));
+    if (fused_ && batch_norm_relu_fusable(stem_bn_, h)) h = batch_norm_relu_fused(stem_bn_, h);
+    else h = stem_bn_ ? batch_norm(stem_bn_, h).relu_() : torch::relu(h);
+  }
   for (size_t s = 0; s < stages_.size(); ++s) {
     for (auto& block : stages_[s]) h = block->forward(h);
     // Side-tap: the head reads h; the stream continues with the very same h.

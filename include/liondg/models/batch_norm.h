@@ -5,6 +5,8 @@
 
 #include <torch/nn/modules/batchnorm.h>
 
+#include <utility>
+
 namespace liondg {
 
 /// The cross-rank sum synchronized BatchNorm needs (implemented by the trainer on
@@ -56,5 +58,20 @@ torch::Tensor batch_norm_relu_fused(const torch::nn::BatchNorm2d& bn, const torc
 /// on, a float32 CPU (N,C,H,W) tensor with at most kMaxFusedChannels (512) channels, no
 /// cross-rank synchronization active. Callers use the composition otherwise.
 bool batch_norm_relu_fusable(const torch::nn::BatchNorm2d& bn, const torch::Tensor& x);
+
+/// The weight and bias of one convolution equal to bn(conv(x)) in evaluation (BatchNorm2d
+/// in eval mode, running statistics): with s = gamma / sqrt(running_var + eps) per output
+/// channel, W' = W * s and b' = beta + (b - running_mean) * s (gamma = 1 and beta = 0
+/// without affine parameters; b = 0 for a convolution without bias, `conv_bias`
+/// undefined). W' keeps W's memory format. Requires running statistics
+/// (track_running_stats). Equal to the composition within float rounding.
+// conv_weight: (C_out,C_in/groups,kh,kw), conv_bias: (C_out) or undefined -> {W', b' (C_out)}
+std::pair<torch::Tensor, torch::Tensor> fold_batch_norm(const torch::Tensor& conv_weight, const torch::Tensor& conv_bias,
+                                                        const torch::nn::BatchNorm2d& bn);
+
+/// Whether a model evaluating x may fold `bn` into the convolution before it
+/// (fold_batch_norm): bn defined, in eval mode, with running statistics, gradients off,
+/// x a float32 CPU tensor. Callers check for an observer (LSUV) themselves.
+bool batch_norm_foldable(const torch::nn::BatchNorm2d& bn, const torch::Tensor& x);
 
 }  // namespace liondg

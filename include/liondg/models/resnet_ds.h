@@ -58,6 +58,9 @@ class BasicBlockImpl : public torch::nn::Module {
   /// Training with first-order gradients on the CPU: BatchNorm+ReLU and
   /// BatchNorm+add+ReLU as fused nodes (batch_norm_relu_fused). Set by the model.
   void set_fused_training(bool enabled) { fused_ = enabled; }
+  /// Evaluating without gradients on the CPU: each BatchNorm folded into the convolution
+  /// before it (fold_batch_norm). Set by the model.
+  void set_fused_inference(bool enabled) { fused_inference_ = enabled; }
   /// Fixup scalars (undefined for other kinds).
   torch::Tensor fixup_bias1a, fixup_bias1b, fixup_bias2a, fixup_bias2b, fixup_scale;
   /// ReZero gate (undefined for other kinds).
@@ -70,6 +73,7 @@ class BasicBlockImpl : public torch::nn::Module {
   torch::nn::Conv2d shortcut_conv_{nullptr};
   torch::nn::BatchNorm2d shortcut_bn_{nullptr};
   bool fused_ = false;
+  bool fused_inference_ = false;
 };
 TORCH_MODULE(BasicBlock);
 
@@ -89,11 +93,18 @@ class ResNetDSImpl : public DSModelImpl {
   /// the layer-by-layer composition otherwise. Off by default; the trainer turns it on.
   void set_fused_training(bool enabled) override;
   bool fused_training() const override { return fused_; }
+  /// When evaluating without gradients on the CPU in float32 (standard blocks with
+  /// BatchNorm in eval mode, no layer observer): every convolution followed by a
+  /// BatchNorm runs as one convolution with the BatchNorm folded into its weight and
+  /// bias (fold_batch_norm), so no separate normalization pass. On by default.
+  void set_fused_inference(bool enabled) override;
+  bool fused_inference() const override { return fused_inference_; }
 
   ResNetDSOptions options;
 
  private:
   bool fused_ = false;
+  bool fused_inference_ = true;
   torch::nn::Conv2d stem_conv_{nullptr};
   torch::nn::BatchNorm2d stem_bn_{nullptr};
   std::vector<std::vector<BasicBlock>> stages_;
