@@ -216,7 +216,8 @@ TEST(Train, FusedInferenceMatchesTheStraightforwardPath) {
 // with non-trivial running statistics and affine parameters, channels-last and NCHW,
 // one and two threads, under InferenceMode and under NoGradGuard. The folded path is
 // not taken with gradients on, in training mode or with a layer observer (LSUV): then
-// the result is the composition's, bit for bit. Stated tolerance: W * s and
+// the result is the composition's, bit for bit; a block with one BatchNorm alone in
+// training mode is not folded. Stated tolerance: W * s and
 // b' = beta - mean * s round differently from normalizing the convolution's output.
 TEST(Train, FoldedInferenceMatchesTheComposition) {
   const int threads_before = torch::get_num_threads();
@@ -274,6 +275,16 @@ TEST(Train, FoldedInferenceMatchesTheComposition) {
     ObserverGuard guard(&observer);
     return model->forward(x);
   })) << "observer";
+  // One BatchNorm of a block alone in training mode: that block is not folded (it
+  // normalizes with the batch's statistics, as the composition does), the others are.
+  model->named_modules()["stage2_block1.shortcut_bn"]->train();
+  {
+    torch::NoGradGuard no_grad;
+    model->set_fused_inference(false);
+    const torch::Tensor plain = model->forward(x).logits;
+    model->set_fused_inference(true);
+    EXPECT_TRUE(close(plain, model->forward(x).logits)) << "one BatchNorm in training mode";
+  }
   // Training mode normalizes with the batch's statistics (the running ones it updates
   // do not enter the output).
   torch::NoGradGuard no_grad;

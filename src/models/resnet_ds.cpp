@@ -71,7 +71,10 @@ torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
     case BlockKind::kStandard:
       break;
   }
-  if (fused_inference_ && batch_norm_foldable(bn1_, x) && !observing()) {
+  // Every BatchNorm of the block must be foldable (a caller may have put one alone in training mode).
+  const bool foldable = batch_norm_foldable(bn1_, x) && batch_norm_foldable(bn2_, x) &&
+                        (!shortcut_conv_ || batch_norm_foldable(shortcut_bn_, x));
+  if (fused_inference_ && foldable && !observing()) {
     // Evaluation: each convolution with its BatchNorm folded in; in place throughout.
     torch::Tensor b = conv_batch_norm_folded(conv1_, bn1_, x, kConv3x3Padding).relu_();
     b = conv_batch_norm_folded(conv2_, bn2_, b, kConv3x3Padding);
