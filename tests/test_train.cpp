@@ -470,11 +470,37 @@ TEST(Train, FusedBatchNormReLUMatchesTheComposition) {
   const DSOutput out = wide->forward(torch::randn({2, 3, 8, 8}));
   deep_supervision_loss(out, torch::tensor({0, 1}), 0.3).backward();
   EXPECT_TRUE(wide->stages()[0][0]->conv1()->weight.grad().defined());
-  // Refused: a residual of another shape, and a gradient-of-gradient.
+  // A block with one BatchNorm alone in eval mode is not fused: that BatchNorm uses its
+  // running statistics, as in the composition.
+  {
+    torch::manual_seed(9);
+    ResNetDS mixed(testing::tiny_resnet());
+    mixed->train();
+    mixed->named_modules()["stage1_block1.bn2"]->eval();
+    const torch::Tensor xm = torch::randn({4, 3, 8, 8});
+    mixed->set_fused_training(false);
+    const torch::Tensor plain_logits = mixed->forward(xm).logits;
+    mixed->set_fused_training(true);
+    EXPECT_TRUE(close(plain_logits, mixed->forward(xm).logits, 1e-5)) << "one BatchNorm in eval mode";
+  }
+  // Refused: a residual of another shape, a BatchNorm in eval mode or with what the node
+  // does not implement (momentum None, no affine parameters), and a gradient-of-gradient.
   torch::nn::BatchNorm2d norm(4);
   testing::expect_throws<c10::Error>(
       [&] { batch_norm_relu_fused(norm, torch::randn({2, 4, 3, 3}), torch::randn({2, 4, 3, 2})); },
       {"residual", "does not match"});
+  const torch::Tensor x4 = torch::randn({2, 4, 3, 3}, torch::requires_grad());
+  torch::nn::BatchNorm2d evaluating(4);
+  evaluating->eval();
+  EXPECT_FALSE(batch_norm_relu_fusable(evaluating, x4));
+  testing::expect_throws<c10::Error>([&] { batch_norm_relu_fused(evaluating, x4); }, {"eval mode"});
+  torch::nn::BatchNorm2d cumulative(torch::nn::BatchNorm2dOptions(4).momentum(c10::nullopt));
+  EXPECT_FALSE(batch_norm_relu_fusable(cumulative, x4));
+  testing::expect_throws<c10::Error>([&] { batch_norm_relu_fused(cumulative, x4); }, {"momentum None"});
+  torch::nn::BatchNorm2d plain_norm(torch::nn::BatchNorm2dOptions(4).affine(false));
+  EXPECT_FALSE(batch_norm_relu_fusable(plain_norm, x4));
+  testing::expect_throws<c10::Error>([&] { batch_norm_relu_fused(plain_norm, x4); }, {"affine=0"});
+  EXPECT_TRUE(batch_norm_relu_fusable(norm, x4));
   const torch::Tensor x = torch::randn({2, 4, 3, 3}, torch::requires_grad());
   const torch::Tensor y = batch_norm_relu_fused(norm, x);
   testing::expect_throws<c10::Error>(

@@ -919,9 +919,18 @@ FusedBlockOutput dense_block_inference(const torch::Tensor& x, const std::vector
   return {f, torch::Tensor(), tail_out};
 }
 
+namespace {
+// What the fused node implements of BatchNorm2d: affine parameters, running statistics
+// updated with a fixed momentum (not the cumulative average of momentum = None).
+bool fused_node_supports(const torch::nn::BatchNormOptions& o) {
+  return o.affine() && o.track_running_stats() && o.momentum().has_value();
+}
+}  // namespace
+
 bool batch_norm_relu_fusable(const torch::nn::BatchNorm2d& norm, const torch::Tensor& x) {
-  return norm && norm->is_training() && torch::GradMode::is_enabled() && x.dim() == 4 && x.device().is_cpu() &&
-         x.scalar_type() == torch::kFloat32 && x.size(1) <= kMaxFusedChannels && active_batch_norm_sync() == nullptr;
+  return norm && norm->is_training() && fused_node_supports(norm->options) && torch::GradMode::is_enabled() &&
+         x.dim() == 4 && x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.size(1) <= kMaxFusedChannels &&
+         active_batch_norm_sync() == nullptr;
 }
 
 torch::Tensor batch_norm_relu_fused(const torch::nn::BatchNorm2d& norm, const torch::Tensor& x,
@@ -935,11 +944,17 @@ torch::Tensor batch_norm_relu_fused(const torch::nn::BatchNorm2d& norm, const to
               kMaxFusedChannels);
   TORCH_CHECK(!residual.defined() || residual.sizes() == x.sizes(), "batch_norm_relu_fused: residual ",
               residual.sizes(), " does not match the input ", x.sizes());
+  TORCH_CHECK(norm->is_training(), "batch_norm_relu_fused: the BatchNorm is in eval mode; the fused node "
+              "normalizes with batch statistics (training mode) only");
+  TORCH_CHECK(fused_node_supports(norm->options), "batch_norm_relu_fused: a BatchNorm with affine parameters, "
+              "running statistics and a momentum expected, got affine=", norm->options.affine(),
+              " track_running_stats=", norm->options.track_running_stats(), " momentum ",
+              norm->options.momentum().has_value() ? "set" : "None (cumulative average)");
   norm->num_batches_tracked.add_(1);
   // Function::apply takes defined tensors only: no residual is an empty one.
   return BatchNormReLUFunction::apply(x, norm->weight, norm->bias, residual.defined() ? residual : torch::empty({0}),
                                       norm->running_mean, norm->running_var, norm->options.eps(),
-                                      norm->options.momentum().value_or(0.1));
+                                      *norm->options.momentum());
 }
 
 }  // namespace liondg

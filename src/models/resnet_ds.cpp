@@ -82,7 +82,8 @@ torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
   }
   // In place on BatchNorm outputs and on the sum, which no backward needs.
   torch::Tensor b = observe(*conv1_, conv1_->forward(x));
-  if (fused_ && batch_norm_relu_fusable(bn1_, b)) {
+  // Both BatchNorms must be fusable (a caller may have put one alone in eval mode).
+  if (fused_ && batch_norm_relu_fusable(bn1_, b) && batch_norm_relu_fusable(bn2_, b)) {
     b = batch_norm_relu_fused(bn1_, b);
     return batch_norm_relu_fused(bn2_, observe(*conv2_, conv2_->forward(b)), shortcut(x));
   }

@@ -54,9 +54,11 @@ torch::Tensor batch_norm(torch::nn::BatchNorm2d& bn, const torch::Tensor& x);
 torch::Tensor batch_norm_relu_fused(const torch::nn::BatchNorm2d& bn, const torch::Tensor& x,
                                     const torch::Tensor& residual = {});
 
-/// Whether batch_norm_relu_fused applies to `bn` and x: bn defined and training, gradients
-/// on, a float32 CPU (N,C,H,W) tensor with at most kMaxFusedChannels (512) channels, no
-/// cross-rank synchronization active. Callers use the composition otherwise.
+/// Whether batch_norm_relu_fused applies to `bn` and x: bn defined and training, with
+/// affine parameters, running statistics and a momentum (not None), gradients on, a
+/// float32 CPU (N,C,H,W) tensor with at most kMaxFusedChannels (512) channels, no
+/// cross-rank synchronization active. Callers use the composition otherwise;
+/// batch_norm_relu_fused refuses a BatchNorm in eval mode or without those three.
 bool batch_norm_relu_fusable(const torch::nn::BatchNorm2d& bn, const torch::Tensor& x);
 
 /// The weight and bias of one convolution equal to bn(conv(x)) in evaluation (BatchNorm2d
