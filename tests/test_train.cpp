@@ -18,6 +18,9 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include <functional>
+#include <limits>
+
 namespace liondg {
 namespace {
 
@@ -387,6 +390,8 @@ TEST(Train, FusedBlockTailMatchesTheStraightforwardPath) {
       }
       const torch::Tensor expected =
           torch::avg_pool2d(plain_norm->forward(torch::cat(eval_maps, /*dim=*/1)).relu(), {window, window});
+      fast_model->eval();
+      fast_norm->eval();
       const FusedBlockOutput eval_out = dense_block_inference(x0, fast_model->blocks()[0], BlockTail{fast_norm, window});
       EXPECT_TRUE(close(expected, eval_out.tail, 1e-5)) << name;
     }
@@ -398,6 +403,214 @@ TEST(Train, FusedBlockTailMatchesTheStraightforwardPath) {
   testing::expect_throws<c10::Error>(
       [&] { dense_block_fused(torch::randn({2, 12, 5, 5}), model->blocks()[0], /*pool=*/false, BlockTail{norm, 2}); },
       {"window 2", "must tile the 5x5 map"});
+}
+
+// DenseNet-DS's fused blocks take only the BatchNorms they implement; for any other the
+// block runs layer by layer, or its tail is left to the transition or the final
+// BatchNorm: one BatchNorm switched alone to the other mode, momentum None (cumulative
+// average) or a momentum that differs between a block's layers. For each, a training
+// step with the fused blocks on agrees with the layer-by-layer one (gradients 1e-4
+// relative, running statistics 1e-5, as in FastPathMatchesTheStraightforwardPath) and
+// so does evaluation (logits 1e-5); the fused functions refuse such layers, naming the
+// layer and why.
+TEST(Train, FusedDenseNetTakesOnlyTheBatchNormsItImplements) {
+  using Change = std::function<void(DenseNetDSImpl&)>;
+  const auto norm_of = [](DenseNetDSImpl& m, const std::string& name) {
+    return m.named_modules()[name]->as<torch::nn::BatchNorm2d>();
+  };
+  const std::vector<std::pair<std::string, Change>> training_cases{
+      {"a layer's BatchNorm in eval mode", [](DenseNetDSImpl& m) { m.blocks()[0][1]->norm()->eval(); }},
+      {"a transition's BatchNorm in eval mode", [&](DenseNetDSImpl& m) { norm_of(m, "transition1.norm")->eval(); }},
+      {"the final BatchNorm in eval mode", [&](DenseNetDSImpl& m) { norm_of(m, "final_norm")->eval(); }},
+      {"a layer with momentum None",
+       [](DenseNetDSImpl& m) { m.blocks()[1][0]->norm()->options.momentum(c10::nullopt); }},
+      {"the final BatchNorm with momentum None",
+       [&](DenseNetDSImpl& m) { norm_of(m, "final_norm")->options.momentum(c10::nullopt); }},
+      {"momenta differing within a block", [](DenseNetDSImpl& m) { m.blocks()[2][1]->norm()->options.momentum(0.5); }},
+  };
+  DataSource data = testing::tiny_data(/*seed=*/11);
+  const torch::Tensor x = normalize(data.train.images.narrow(0, 0, 32), channel_stats(data.train.images));
+  const torch::Tensor y = data.train.labels.narrow(0, 0, 32);
+  const auto make = [](const Change& change) {
+    torch::manual_seed(3);
+    DenseNetDS model(testing::tiny_densenet());
+    init_model_(*model, "he");
+    change(*model);
+    return model;
+  };
+  for (const auto& [name, change] : training_cases) {
+    DenseNetDS plain = make(change), fast = make(change);
+    fast->set_fused_training(true);
+    compute_losses(plain->forward(x), y, 0.3).total.backward();
+    compute_losses(fast->forward(x), y, 0.3).total.backward();
+    const auto pp = plain->named_parameters(), fp = fast->named_parameters();
+    for (const auto& item : pp) {
+      const torch::Tensor& g0 = item.value().grad();
+      const torch::Tensor& g1 = fp[item.key()].grad();
+      ASSERT_TRUE(g0.defined() && g1.defined()) << name << " " << item.key();
+      EXPECT_LE((g0 - g1).norm().item<double>(), 1e-4 * g0.norm().item<double>() + 1e-12) << name << " " << item.key();
+    }
+    const auto pb = plain->named_buffers(), fb = fast->named_buffers();
+    for (const auto& item : pb) {
+      const torch::Tensor d = (item.value().to(torch::kFloat64) - fb[item.key()].to(torch::kFloat64)).abs();
+      EXPECT_LE(d.max().item<double>(), 1e-5 * (1 + item.value().abs().max().item<double>())) << name << " " << item.key();
+    }
+  }
+  // Evaluation with one BatchNorm alone in training mode (it normalizes with the batch's
+  // statistics, as the composition does).
+  const std::vector<std::pair<std::string, Change>> eval_cases{
+      {"a layer's BatchNorm in training mode", [](DenseNetDSImpl& m) { m.blocks()[0][0]->norm()->train(); }},
+      {"a transition's BatchNorm in training mode", [&](DenseNetDSImpl& m) { norm_of(m, "transition2.norm")->train(); }},
+      {"the final BatchNorm in training mode", [&](DenseNetDSImpl& m) { norm_of(m, "final_norm")->train(); }},
+  };
+  for (const auto& [name, change] : eval_cases) {
+    const auto make_trained = [&] {
+      DenseNetDS model = make([](DenseNetDSImpl&) {});
+      give_batch_norms_non_trivial_state(*model, /*key=*/"norm");  // draws from the seeded generator
+      change(*model);
+      return model;
+    };
+    DenseNetDS plain = make_trained(), fast = make_trained();
+    plain->set_fused_inference(false);
+    fast->set_fused_inference(true);
+    torch::NoGradGuard no_grad;
+    const torch::Tensor expected = plain->forward(x).logits;
+    const torch::Tensor got = fast->forward(x).logits;
+    EXPECT_LE((got - expected).abs().max().item<double>(), 1e-5 * (1 + expected.abs().max().item<double>())) << name;
+  }
+  // The fused functions refuse such layers.
+  DenseNetDS model(testing::tiny_densenet());
+  const torch::Tensor h = torch::randn({2, 12, 4, 4});
+  model->blocks()[0][1]->norm()->eval();
+  EXPECT_FALSE(dense_block_fusable(model->blocks()[0], /*training=*/true));
+  testing::expect_throws<c10::Error>([&] { dense_block_fused(h, model->blocks()[0]); },
+                                     {"dense_block_fused", "layer 2", "eval mode"});
+  model->eval();
+  model->blocks()[0][0]->norm()->train();
+  EXPECT_FALSE(dense_block_fusable(model->blocks()[0], /*training=*/false));
+  testing::expect_throws<c10::Error>([&] { dense_block_inference(h, model->blocks()[0]); },
+                                     {"dense_block_inference", "layer 1", "training mode"});
+  model->train();
+  EXPECT_TRUE(dense_block_fusable(model->blocks()[0], /*training=*/true));
+  model->blocks()[0][0]->norm()->options.momentum(c10::nullopt);
+  testing::expect_throws<c10::Error>([&] { dense_block_fused(h, model->blocks()[0]); }, {"layer 1", "momentum None"});
+  model->blocks()[0][0]->norm()->options.momentum(0.2);
+  testing::expect_throws<c10::Error>([&] { dense_block_fused(h, model->blocks()[0]); },
+                                     {"layer 2", "differ from layer 1"});
+  torch::nn::BatchNorm2d tail_norm(torch::nn::BatchNorm2dOptions(24).affine(false));
+  model->blocks()[0][0]->norm()->options.momentum(0.1);
+  EXPECT_FALSE(block_tail_fusable(BlockTail{tail_norm, 2}, /*training=*/true));
+  testing::expect_throws<c10::Error>([&] { dense_block_fused(h, model->blocks()[0], /*pool=*/false, BlockTail{tail_norm, 2}); },
+                                     {"the tail", "without affine parameters"});
+}
+
+// Edge cases of the fused kernels, each as the composition behaves: a NaN input gives
+// NaN outputs where the composition's are NaN (the fused ReLU keeps NaN, as torch::relu
+// does, instead of rectifying it to 0), in DenseNet-DS's training and inference blocks
+// and ResNet-DS's BatchNorm+ReLU node; a training batch with one value per channel is
+// refused (libtorch's BatchNorm refuses it too); a BatchNorm weight that is a strided
+// view gives the gradients a contiguous one gives.
+TEST(Train, FusedKernelsMatchTheCompositionOnEdgeCases) {
+  const auto make = [] {
+    torch::manual_seed(4);
+    DenseNetDS model(testing::tiny_densenet());
+    init_model_(*model, "he");
+    return model;
+  };
+  torch::manual_seed(5);
+  torch::Tensor x = torch::randn({6, 3, 16, 16});
+  x[2][1][5][7] = std::numeric_limits<float>::quiet_NaN();
+  const auto nan_pattern = [](const torch::Tensor& t) { return torch::isnan(t); };
+  {
+    DenseNetDS plain = make(), fast = make();
+    plain->eval();
+    fast->eval();
+    plain->set_fused_inference(false);
+    torch::NoGradGuard no_grad;
+    const torch::Tensor expected = plain->forward(x).logits, got = fast->forward(x).logits;
+    ASSERT_TRUE(nan_pattern(expected).any().item<bool>());
+    EXPECT_TRUE(torch::equal(nan_pattern(expected), nan_pattern(got))) << "inference";
+    const torch::Tensor finite = ~nan_pattern(expected);
+    EXPECT_TRUE(torch::allclose(expected.masked_select(finite), got.masked_select(finite), 1e-5, 1e-5));
+  }
+  {
+    DenseNetDS plain = make(), fast = make();
+    fast->set_fused_training(true);
+    const torch::Tensor expected = plain->forward(x).logits, got = fast->forward(x).logits;
+    ASSERT_TRUE(nan_pattern(expected).any().item<bool>());
+    EXPECT_TRUE(torch::equal(nan_pattern(expected), nan_pattern(got))) << "training";
+  }
+  {
+    torch::nn::BatchNorm2d norm(4);
+    const torch::Tensor h = torch::randn({3, 4, 5, 5});
+    h[1][2][3][3] = std::numeric_limits<float>::quiet_NaN();
+    const torch::Tensor expected = torch::relu(norm->forward(h));
+    const torch::Tensor got = batch_norm_relu_fused(norm, h.clone().requires_grad_(true));
+    ASSERT_TRUE(nan_pattern(expected).any().item<bool>());
+    EXPECT_TRUE(torch::equal(nan_pattern(expected), nan_pattern(got))) << "BatchNorm+ReLU node";
+  }
+  // One value per channel.
+  {
+    torch::nn::BatchNorm2d norm(4);
+    testing::expect_throws<c10::Error>([&] { batch_norm_relu_fused(norm, torch::randn({1, 4, 1, 1})); },
+                                       {"more than 1 value per channel", "[1, 4, 1, 1]"});
+    DenseNetDS model = make();
+    testing::expect_throws<c10::Error>([&] { dense_block_fused(torch::randn({1, 12, 1, 1}), model->blocks()[0]); },
+                                       {"dense_block_fused", "more than 1 value per channel"});
+  }
+  // Strided BatchNorm weights: a dense layer's and a transition's (the block's tail).
+  {
+    DenseNetDS plain = make(), fast = make();
+    fast->set_fused_training(true);
+    for (const std::string name : {"block1_layer1.norm.weight", "transition1.norm.weight"}) {
+      torch::NoGradGuard no_grad;
+      const torch::Tensor w = plain->named_parameters()[name];
+      const torch::Tensor values = torch::rand_like(w) + 0.5;
+      w.copy_(values);
+      const torch::Tensor strided = torch::empty({2 * w.numel()}).slice(/*dim=*/0, /*start=*/0, /*end=*/c10::nullopt,
+                                                                        /*step=*/2);
+      strided.copy_(values);
+      ASSERT_FALSE(strided.is_contiguous());
+      fast->named_parameters()[name].set_data(strided);
+    }
+    const torch::Tensor xs = torch::randn({6, 3, 16, 16});
+    const torch::Tensor y = torch::randint(/*high=*/4, {6});
+    compute_losses(plain->forward(xs), y, 0.3).total.backward();
+    compute_losses(fast->forward(xs), y, 0.3).total.backward();
+    const auto fp = fast->named_parameters();
+    for (const auto& item : plain->named_parameters()) {
+      const torch::Tensor& g0 = item.value().grad();
+      const torch::Tensor& g1 = fp[item.key()].grad();
+      ASSERT_TRUE(g1.defined()) << item.key();
+      EXPECT_LE((g0 - g1).norm().item<double>(), 1e-4 * g0.norm().item<double>() + 1e-12) << item.key();
+    }
+  }
+}
+
+// A training forward with gradients on and no backward (an exception between the two,
+// or accuracy computed without NoGradGuard) leaves nothing behind once its outputs are
+// dropped: the fused blocks' reusable buffers do not keep that forward's graph, and with
+// it the input batch, alive. Checked with a weak reference to the input, for DenseNet-DS
+// and ResNet-DS, before and after a normal step.
+TEST(Train, FusedForwardWithoutBackwardKeepsNoGraphAlive) {
+  for (bool resnet : {false, true}) {
+    torch::manual_seed(8);
+    std::shared_ptr<DSModelImpl> model;
+    if (resnet) model = std::make_shared<ResNetDSImpl>(testing::tiny_resnet());
+    else model = std::make_shared<DenseNetDSImpl>(testing::tiny_densenet());
+    model->set_fused_training(true);
+    const torch::Tensor y = torch::randint(/*high=*/4, {8});
+    for (int round = 0; round < 3; ++round) {
+      torch::Tensor x = torch::randn({8, 3, 16, 16});
+      const c10::weak_intrusive_ptr<c10::TensorImpl> weak(x.getIntrusivePtr());
+      {
+        const DSOutput out = model->forward(x);
+        if (round == 1) compute_losses(out, y, 0.3).total.backward();  // a normal step in between
+      }
+      x.reset();
+      EXPECT_TRUE(weak.expired()) << (resnet ? "resnet" : "densenet") << " round " << round;
+    }
+  }
 }
 
 // ResNet-DS's fused BatchNorm(+residual)+ReLU node against BatchNorm2d, the add and

@@ -36,6 +36,7 @@
 #include <torch/autograd.h>
 
 #include <cstring>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -75,6 +76,13 @@ inline void narrow_to(Bf16& dst, float v) {
   const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
   dst = v != v ? Bf16{0x7FC0} : static_cast<Bf16>(rounded);
 }
+// ReLU and its gradient mask as torch::relu and threshold_backward compute them, NaN
+// included: relu(NaN) = NaN and a NaN activation passes its gradient (so a diverged
+// value reaches the loss instead of being rectified to 0). `0 > z ? 0 : z` is exactly
+// x86's max(0, z) (NaN -> z): one instruction, where `z <= 0 ? 0 : z` needs a compare and
+// a blend (it maps -0 to +0).
+inline float relu_of(float z) { return 0.0f > z ? 0.0f : z; }
+inline float relu_mask(float act, float d) { return act <= 0.0f ? 0.0f : d; }
 template <typename T>
 T* elements(const torch::Tensor& t);
 template <>
@@ -127,7 +135,7 @@ LIONDG_MULTIVERSION void bn_relu_forward_range(const float* __restrict f, int64_
     T* __restrict o = out + p * c;
     for (int64_t j = 0; j < c; ++j) {
       const float z = row[j] * a[j] + b[j];
-      narrow_to(o[j], z > 0.0f ? z : 0.0f);
+      narrow_to(o[j], relu_of(z));
     }
   }
 }
@@ -149,7 +157,7 @@ LIONDG_MULTIVERSION void backward_sums_range(const float* __restrict f, const T*
       const T* __restrict dr = da + p * c;
       for (int64_t j = 0; j < c; ++j) {
         const float av = widen(ar[j]), dv = widen(dr[j]);  // both loaded: no branch, vectorized
-        const float dz = av > 0.0f ? dv : 0.0f;
+        const float dz = relu_mask(av, dv);
         b1[j] += dz;
         b2[j] += dz * ((row[j] - mean[j]) * invstd[j]);
       }
@@ -180,7 +188,7 @@ LIONDG_MULTIVERSION void backward_input_range(const float* __restrict f, const T
     float* dst = out != nullptr ? out + p * c : g + p * ct;
     for (int64_t j = 0; j < c; ++j) {
       const float av = widen(ar[j]), dv = widen(dr[j]);
-      const float dz = av > 0.0f ? dv : 0.0f;
+      const float dz = relu_mask(av, dv);
       const float xhat = (row[j] - mean[j]) * invstd[j];
       dst[j] = gr[j] + scale[j] * (dz - mdz[j] - xhat * mdzx[j]);
     }
@@ -242,7 +250,7 @@ void tail_forward_range(const float* __restrict f, Tiles tiles, int64_t begin, i
         const float* __restrict row = f + (p0 + dy * tiles.w + dx) * ct;
         for (int64_t j = 0; j < ct; ++j) {
           const float z = row[j] * a[j] + b[j];
-          acc[j] += z > 0.0f ? z : 0.0f;
+          acc[j] += relu_of(z);
         }
       }
     }
@@ -271,7 +279,7 @@ void tail_sums_range(const float* __restrict f, const float* __restrict dt, Tile
         for (int64_t dx = 0; dx < tiles.window; ++dx) {
           const float* __restrict row = f + (p0 + dy * tiles.w + dx) * ct;
           for (int64_t j = 0; j < ct; ++j) {
-            const float dz = row[j] * a[j] + b[j] > 0.0f ? d[j] : 0.0f;
+            const float dz = relu_mask(row[j] * a[j] + b[j], d[j]);
             b1[j] += dz;
             b2[j] += dz * ((row[j] - mean[j]) * invstd[j]);
           }
@@ -310,7 +318,7 @@ void tail_grad_init_range(const float* __restrict src, const float* __restrict p
         const float* __restrict row = f + p * ct;
         float* __restrict gr = g + p * ct;
         for (int64_t j = 0; j < ct; ++j) {
-          const float dz = row[j] * a[j] + b[j] > 0.0f ? d[j] : 0.0f;
+          const float dz = relu_mask(row[j] * a[j] + b[j], d[j]);
           const float xhat = (row[j] - mean[j]) * invstd[j];
           gr[j] = base[j] + scale[j] * (dz - mdz[j] - xhat * mdzx[j]);
         }
@@ -369,7 +377,8 @@ void channel_stats(const T* src, int64_t ss, int64_t pixels, int64_t c, float* d
                         });
   for (int64_t j = 0; j < c; ++j) {
     const double m = sum[static_cast<size_t>(j)] / static_cast<double>(pixels);
-    const double v = std::max(0.0, sq[static_cast<size_t>(j)] / static_cast<double>(pixels) - m * m);
+    const double raw = sq[static_cast<size_t>(j)] / static_cast<double>(pixels) - m * m;
+    const double v = raw < 0.0 ? 0.0 : raw;  // rounding below 0 clamped; NaN kept
     mean[c0 + j] = static_cast<float>(m);
     invstd[c0 + j] = static_cast<float>(1.0 / std::sqrt(v + eps));
     var_unbiased[c0 + j] = static_cast<float>(pixels > 1 ? v * static_cast<double>(pixels) / (pixels - 1) : v);
@@ -472,19 +481,25 @@ torch::Tensor channels_last(const torch::Tensor& t) { return t.contiguous(torch:
 // Large per-step buffers (the feature buffer, its gradient, the BN-ReLU outputs) are
 // reused from step to step instead of being allocated anew: a buffer is handed out
 // again only when nothing else references its storage any more (the previous step's
-// graph is gone). Per thread; at most kPoolSize buffers are kept.
+// graph is gone). Per thread; at most kPoolSize buffers are kept. The pool keeps the
+// storage only: each call returns a new tensor on it, so the autograd history an
+// output gets (its grad_fn, and through it the whole forward graph) lives and dies
+// with the caller's tensor, also when no backward ever runs.
 constexpr size_t kPoolSize = 64;
 torch::Tensor pooled_empty_channels_last(int64_t n, int64_t c, int64_t h, int64_t w, const torch::TensorOptions& o) {
   thread_local std::vector<torch::Tensor> pool;
+  const auto handle = [](const torch::Tensor& t) {
+    return torch::empty({0}, t.options()).set_(t.storage(), t.storage_offset(), t.sizes(), t.strides());
+  };
   for (auto& t : pool) {
     if (t.size(0) == n && t.size(1) == c && t.size(2) == h && t.size(3) == w && t.dtype() == o.dtype() &&
-        t.use_count() == 1 && t.storage().use_count() == 1) {
-      return t;
+        t.storage().use_count() == 1) {
+      return handle(t);
     }
   }
   torch::Tensor t = torch::empty({n, c, h, w}, o.memory_format(torch::MemoryFormat::ChannelsLast));
   if (pool.size() < kPoolSize) pool.push_back(t);
-  return t;
+  return handle(t);
 }
 
 // Layer l's forward in a block of F (P, ct): A = relu(F[:, :c] * a + b), the
@@ -542,7 +557,7 @@ torch::Tensor layers_backward(const variable_list& saved, int64_t layers, int64_
                           sdzx.data());
     torch::Tensor dgamma = torch::empty({c}, f.options()), dbeta = torch::empty({c}, f.options());
     std::vector<float> scale, mdz, mdzx;
-    const torch::Tensor& gamma = param(3 * l);
+    const torch::Tensor gamma = param(3 * l).contiguous();  // a parameter may be a strided view
     bn_scalars(sdz, sdzx, pixels, gamma.data_ptr<float>(), ip, scale, mdz, mdzx, dgamma.data_ptr<float>(),
                dbeta.data_ptr<float>());
     // dF[:, c - k : c) is final after this pass: it is layer l - 1's conv output gradient.
@@ -584,7 +599,7 @@ LIONDG_MULTIVERSION void bn_add_relu_forward_range(const float* __restrict x, co
   for (int64_t p = begin * c; p < end * c; p += c) {
     for (int64_t j = 0; j < c; ++j) {
       const float z = x[p + j] * a[j] + b[j] + r[p + j];
-      y[p + j] = z > 0.0f ? z : 0.0f;
+      y[p + j] = relu_of(z);
     }
   }
 }
@@ -599,11 +614,11 @@ LIONDG_MULTIVERSION void bn_relu_input_grad_range(const float* __restrict x, con
                                                   float* __restrict dr) {
   for (int64_t p = begin * c; p < end * c; p += c) {
     for (int64_t j = 0; j < c; ++j) {
-      const float dz = y[p + j] > 0.0f ? dy[p + j] : 0.0f;
+      const float dz = relu_mask(y[p + j], dy[p + j]);
       dx[p + j] = scale[j] * (dz - mdz[j] - (x[p + j] - mean[j]) * invstd[j] * mdzx[j]);
     }
     if (dr != nullptr) {
-      for (int64_t j = 0; j < c; ++j) dr[p + j] = y[p + j] > 0.0f ? dy[p + j] : 0.0f;
+      for (int64_t j = 0; j < c; ++j) dr[p + j] = relu_mask(y[p + j], dy[p + j]);
     }
   }
 }
@@ -786,8 +801,9 @@ struct DenseBlockFunction : public torch::autograd::Function<DenseBlockFunction>
       std::vector<float> scale, mdz, mdzx;
       tail_dgamma = torch::empty({ct}, f.options());
       tail_dbeta = torch::empty({ct}, f.options());
-      bn_scalars(sdz, sdzx, pixels, param(3 * layers).data_ptr<float>(), tail_invstd.data_ptr<float>(), scale, mdz,
-                 mdzx, tail_dgamma.data_ptr<float>(), tail_dbeta.data_ptr<float>());
+      const torch::Tensor tail_gamma = param(3 * layers).contiguous();
+      bn_scalars(sdz, sdzx, pixels, tail_gamma.data_ptr<float>(), tail_invstd.data_ptr<float>(), scale, mdz, mdzx,
+                 tail_dgamma.data_ptr<float>(), tail_dbeta.data_ptr<float>());
       tail_grad_init(gfp, gpp, f.data_ptr<float>(), gt.data_ptr<float>(), tiles, n, ct, ap, bp,
                      mean.data_ptr<float>(), tail_invstd.data_ptr<float>(), scale.data(), mdz.data(), mdzx.data(),
                      g.data_ptr<float>());
@@ -812,20 +828,61 @@ struct DenseBlockFunction : public torch::autograd::Function<DenseBlockFunction>
   }
 };
 
+// Why the fused paths do not implement `norm`, "" when they do: training
+// (dense_block_fused) normalizes with batch statistics and updates running statistics
+// with a fixed momentum; evaluation (dense_block_inference) normalizes with the running
+// statistics. Both apply the affine parameters.
+std::string batch_norm_refusal(const torch::nn::BatchNorm2d& norm, bool training) {
+  if (!norm) return "no BatchNorm";
+  const auto& o = norm->options;
+  if (norm->is_training() != training) {
+    return std::string("a BatchNorm in ") + (norm->is_training() ? "training" : "eval") + " mode";
+  }
+  if (!o.affine()) return "a BatchNorm without affine parameters";
+  if (!o.track_running_stats()) return "a BatchNorm without running statistics";
+  if (training && !o.momentum().has_value()) return "a BatchNorm with momentum None (cumulative average)";
+  return "";
+}
+
+// Why the fused paths do not implement these layers, "" when they do (see
+// dense_block_fusable). Training: one eps and one momentum for every layer (the shared
+// per-chunk statistics are normalized and accumulated once).
+std::string layers_refusal(const std::vector<DenseLayer>& layers, bool training) {
+  if (layers.empty()) return "no layers";
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const auto& layer = layers[l];
+    if (!layer->norm() || layer->kind() != BlockKind::kStandard) return "standard BatchNorm layers only";
+    const std::string why = batch_norm_refusal(layer->norm(), training);
+    if (!why.empty()) return "layer " + std::to_string(l + 1) + ": " + why;
+    const auto& o = layer->norm()->options;
+    const auto& first = layers.front()->norm()->options;
+    if (training && (o.eps() != first.eps() || *o.momentum() != *first.momentum())) {
+      return "layer " + std::to_string(l + 1) + ": eps " + std::to_string(o.eps()) + " momentum " +
+             std::to_string(*o.momentum()) + " differ from layer 1's eps " + std::to_string(first.eps()) +
+             " momentum " + std::to_string(*first.momentum());
+    }
+  }
+  return "";
+}
+
 // The fused block's preconditions; returns the block's total channels.
 int64_t check_fusable(const char* what, const torch::Tensor& x, const std::vector<DenseLayer>& layers,
-                      const BlockTail& tail) {
-  TORCH_CHECK(!layers.empty(), what, ": no layers");
+                      const BlockTail& tail, bool training) {
+  const std::string why = layers_refusal(layers, training);
+  TORCH_CHECK(why.empty(), what, ": ", why);
   TORCH_CHECK(x.dim() == 4, what, ": (N,C,H,W) input expected, got ", x.sizes());
   const int64_t total = x.size(1) + static_cast<int64_t>(layers.size()) * layers.front()->conv()->weight.size(0);
   TORCH_CHECK(total <= kMaxFusedChannels, what, ": ", total, " channels exceed ", kMaxFusedChannels);
   TORCH_CHECK(x.scalar_type() == torch::kFloat32 && x.device().is_cpu(), what, ": float32 CPU input expected");
+  TORCH_CHECK(!training || x.size(0) * x.size(2) * x.size(3) > 1, what,
+              ": expected more than 1 value per channel when training, got input size ", x.sizes());
   for (const auto& layer : layers) {
-    TORCH_CHECK(layer->norm() && layer->kind() == BlockKind::kStandard, what, ": standard BatchNorm layers only");
     const auto& weight = layer->conv()->weight;
     TORCH_CHECK(weight.size(2) == 3 && weight.size(3) == 3, what, ": 3x3 convolutions expected");
   }
   if (tail.norm) {
+    const std::string tail_why = batch_norm_refusal(tail.norm, training);
+    TORCH_CHECK(tail_why.empty(), what, ": the tail: ", tail_why);
     TORCH_CHECK(tail.window > 0 && x.size(2) % tail.window == 0 && x.size(3) % tail.window == 0, what,
                 ": the tail's pooling window ", tail.window, " must tile the ", x.size(2), "x", x.size(3), " map");
     TORCH_CHECK(tail.norm->options.num_features() == total, what, ": the tail's BatchNorm has ",
@@ -835,6 +892,14 @@ int64_t check_fusable(const char* what, const torch::Tensor& x, const std::vecto
 }
 
 }  // namespace
+
+bool dense_block_fusable(const std::vector<DenseLayer>& layers, bool training) {
+  return layers_refusal(layers, training).empty();
+}
+
+bool block_tail_fusable(const BlockTail& tail, bool training) {
+  return tail.norm && batch_norm_refusal(tail.norm, training).empty();
+}
 
 bool cpu_has_native_bf16() {
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
@@ -846,7 +911,7 @@ bool cpu_has_native_bf16() {
 
 FusedBlockOutput dense_block_fused(const torch::Tensor& x, const std::vector<DenseLayer>& layers, bool pool,
                                    const BlockTail& tail, ConvPrecision precision) {
-  check_fusable("dense_block_fused", x, layers, tail);
+  check_fusable("dense_block_fused", x, layers, tail, /*training=*/true);
   std::vector<torch::Tensor> params, buffers;
   double eps = 0, momentum = 0;
   for (const auto& layer : layers) {
@@ -858,7 +923,7 @@ FusedBlockOutput dense_block_fused(const torch::Tensor& x, const std::vector<Den
     buffers.push_back(norm->running_var);
     norm->num_batches_tracked.add_(1);
     eps = norm->options.eps();
-    momentum = norm->options.momentum().value_or(0.1);
+    momentum = *norm->options.momentum();
   }
   double tail_eps = 0, tail_momentum = 0;
   if (tail.norm) {
@@ -868,7 +933,7 @@ FusedBlockOutput dense_block_fused(const torch::Tensor& x, const std::vector<Den
     buffers.push_back(tail.norm->running_var);
     tail.norm->num_batches_tracked.add_(1);
     tail_eps = tail.norm->options.eps();
-    tail_momentum = tail.norm->options.momentum().value_or(0.1);
+    tail_momentum = *tail.norm->options.momentum();
   }
   variable_list out = DenseBlockFunction::apply(x, at::TensorList(params), buffers, eps, momentum, pool,
                                                 /*tail_window=*/tail.norm ? tail.window : 0, tail_eps, tail_momentum,
@@ -878,7 +943,7 @@ FusedBlockOutput dense_block_fused(const torch::Tensor& x, const std::vector<Den
 
 FusedBlockOutput dense_block_inference(const torch::Tensor& x, const std::vector<DenseLayer>& layers,
                                        const BlockTail& tail) {
-  const int64_t ct = check_fusable("dense_block_inference", x, layers, tail);
+  const int64_t ct = check_fusable("dense_block_inference", x, layers, tail, /*training=*/false);
   torch::NoGradGuard no_grad;
   const int64_t n = x.size(0), c0 = x.size(1), h = x.size(2), w = x.size(3), pixels = n * h * w;
   torch::Tensor f = torch::empty({n, ct, h, w}, x.options().memory_format(torch::MemoryFormat::ChannelsLast));
@@ -944,6 +1009,8 @@ torch::Tensor batch_norm_relu_fused(const torch::nn::BatchNorm2d& norm, const to
               kMaxFusedChannels);
   TORCH_CHECK(!residual.defined() || residual.sizes() == x.sizes(), "batch_norm_relu_fused: residual ",
               residual.sizes(), " does not match the input ", x.sizes());
+  TORCH_CHECK(x.size(0) * x.size(2) * x.size(3) > 1, "batch_norm_relu_fused: expected more than 1 value per "
+              "channel when training, got input size ", x.sizes());
   TORCH_CHECK(norm->is_training(), "batch_norm_relu_fused: the BatchNorm is in eval mode; the fused node "
               "normalizes with batch statistics (training mode) only");
   TORCH_CHECK(fused_node_supports(norm->options), "batch_norm_relu_fused: a BatchNorm with affine parameters, "

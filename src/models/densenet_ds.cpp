@@ -161,7 +161,8 @@ torch::Tensor DenseNetDSImpl::backbone(const torch::Tensor& x, Taps& taps, bool 
   for (size_t b = 0; b < blocks_.size(); ++b) {
     const std::string tap = "block" + std::to_string(b + 1);
     const bool has_transition = b < transitions_.size();
-    if ((fused || inference) && block_channels_[b] <= kMaxFusedChannels) {
+    if ((fused || inference) && block_channels_[b] <= kMaxFusedChannels &&
+        dense_block_fusable(blocks_[b], /*training=*/fused)) {
       // The block also computes what follows it up to a convolution (BlockTail) when
       // the pooling tiles the map exactly: a transition's BatchNorm+ReLU+2x2 pooling
       // (the transition then only convolves), or for the last block, with
@@ -173,6 +174,7 @@ torch::Tensor DenseNetDSImpl::backbone(const torch::Tensor& x, Taps& taps, bool 
         tail.norm = final_norm_;
         tail.window = h.size(2);
       }
+      if (tail.norm && !block_tail_fusable(tail, /*training=*/fused)) tail = BlockTail{};
       // A head reading this block gets the pool the fused block computes.
       const FusedBlockOutput out =
           fused ? dense_block_fused(h, blocks_[b], /*pool=*/taps.wants(tap), tail,

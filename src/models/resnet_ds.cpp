@@ -84,8 +84,8 @@ torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
   torch::Tensor b = observe(*conv1_, conv1_->forward(x));
   // Both BatchNorms must be fusable (a caller may have put one alone in eval mode).
   if (fused_ && batch_norm_relu_fusable(bn1_, b) && batch_norm_relu_fusable(bn2_, b)) {
-    b = batch_norm_relu_fused(bn1_, b);
-    return batch_norm_relu_fused(bn2_, observe(*conv2_, conv2_->forward(b)), shortcut(x));
+    b = observe(*conv2_, conv2_->forward(batch_norm_relu_fused(bn1_, b)));
+    return batch_norm_relu_fused(bn2_, b, shortcut(x));  // conv2 observed before the shortcut, as below
   }
   b = bn1_ ? batch_norm(bn1_, b).relu_() : torch::relu(b);
   b = norm(bn2_, observe(*conv2_, conv2_->forward(b)));

@@ -161,6 +161,19 @@ struct BlockTail {
   int64_t window = 2;
 };
 
+/// Whether the fused block paths implement these layers' BatchNorms in the given mode:
+/// `training` (dense_block_fused): every BatchNorm in training mode with affine
+/// parameters, running statistics and a momentum (not None), all with the same eps and
+/// momentum; evaluation (dense_block_inference): every BatchNorm in eval mode with affine
+/// parameters and running statistics. DenseNetDSImpl runs a block layer by layer where
+/// this is false (a BatchNorm switched alone to the other mode, options changed after
+/// construction), and the fused functions refuse such layers, naming the layer and why.
+bool dense_block_fusable(const std::vector<DenseLayer>& layers, bool training);
+
+/// The same for a BlockTail's BatchNorm (false without one); where it is false
+/// DenseNetDSImpl leaves the tail's layers to the transition or the final BatchNorm.
+bool block_tail_fusable(const BlockTail& tail, bool training);
+
 /// Arithmetic of a fused training block's 3x3 convolutions. kBFloat16: each layer's
 /// BatchNorm+ReLU output A_l, its convolution weight and its output gradient are rounded
 /// to bfloat16 (round to nearest even, as c10::BFloat16's conversion) and oneDNN
