@@ -613,6 +613,29 @@ TEST(Train, FusedForwardWithoutBackwardKeepsNoGraphAlive) {
   }
 }
 
+// A layer observer sees the same layers in the same order whether ResNet-DS's blocks
+// run their fused BatchNorm+ReLU nodes or the composition (training, gradients on):
+// conv2 before the shortcut's convolution.
+TEST(Train, ObserverSeesTheSameLayersWithTheFusedResNetBlocks) {
+  torch::manual_seed(9);
+  ResNetDS model(testing::tiny_resnet());
+  struct Recorder : LayerObserver {
+    std::vector<const torch::nn::Module*> seen;
+    void on_output(torch::nn::Module& layer, const torch::Tensor& /*output*/) override { seen.push_back(&layer); }
+  };
+  const torch::Tensor x = torch::randn({4, 3, 16, 16});
+  const auto record = [&](bool fused) {
+    model->set_fused_training(fused);
+    Recorder recorder;
+    ObserverGuard guard(&recorder);
+    model->forward(x);
+    return recorder.seen;
+  };
+  const auto plain = record(/*fused=*/false), fused = record(/*fused=*/true);
+  EXPECT_GT(plain.size(), 6u);
+  EXPECT_EQ(plain, fused);
+}
+
 // ResNet-DS's fused BatchNorm(+residual)+ReLU node against BatchNorm2d, the add and
 // the ReLU composed: the output, the gradients of the input, the residual and the affine
 // parameters, and the running statistics, with and without a residual, channels-last
