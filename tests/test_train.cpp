@@ -508,8 +508,9 @@ TEST(Train, FusedDenseNetTakesOnlyTheBatchNormsItImplements) {
 // NaN outputs where the composition's are NaN (the fused ReLU keeps NaN, as torch::relu
 // does, instead of rectifying it to 0), in DenseNet-DS's training and inference blocks
 // and ResNet-DS's BatchNorm+ReLU node; a training batch with one value per channel is
-// refused (libtorch's BatchNorm refuses it too); a BatchNorm weight that is a strided
-// view gives the gradients a contiguous one gives.
+// refused (libtorch's BatchNorm refuses it too); a channel with a large mean keeps its
+// variance; a BatchNorm weight that is a strided view gives the gradients a contiguous
+// one gives.
 TEST(Train, FusedKernelsMatchTheCompositionOnEdgeCases) {
   const auto make = [] {
     torch::manual_seed(4);
@@ -548,6 +549,26 @@ TEST(Train, FusedKernelsMatchTheCompositionOnEdgeCases) {
     const torch::Tensor got = batch_norm_relu_fused(norm, h.clone().requires_grad_(true));
     ASSERT_TRUE(nan_pattern(expected).any().item<bool>());
     EXPECT_TRUE(torch::equal(nan_pattern(expected), nan_pattern(got))) << "BatchNorm+ReLU node";
+  }
+  // A channel whose mean is 1000 standard deviations from 0 (float sums of squares lose
+  // the variance to cancellation; shifted sums keep it), in the BatchNorm+ReLU node and a
+  // dense block's input chunk: outputs and running variances as the composition's.
+  {
+    torch::nn::BatchNorm2d plain_norm(4), fast_norm(4);
+    const torch::Tensor h = torch::randn({8, 4, 6, 6}) + torch::tensor({1000.0f, -3000.0f, 0.0f, 1e4f}).view({1, 4, 1, 1});
+    const torch::Tensor expected = torch::relu(plain_norm->forward(h));
+    const torch::Tensor got = batch_norm_relu_fused(fast_norm, h.clone().requires_grad_(true));
+    EXPECT_LE((got - expected).abs().max().item<double>(), 1e-3) << "large mean";
+    EXPECT_TRUE(torch::allclose(fast_norm->running_var, plain_norm->running_var, /*rtol=*/1e-4, /*atol=*/1e-4))
+        << fast_norm->running_var << plain_norm->running_var;
+    DenseNetDS plain = make(), fast = make();
+    const torch::Tensor x0 = torch::randn({8, 12, 6, 6}) + 500;
+    std::vector<torch::Tensor> maps{x0};
+    for (DenseLayer layer : plain->blocks()[0]) maps.push_back(layer->forward(torch::cat(maps, /*dim=*/1)));
+    const torch::Tensor block_expected = torch::cat(maps, /*dim=*/1);
+    const torch::Tensor block_got = dense_block_fused(x0, fast->blocks()[0]).features;
+    EXPECT_LE((block_got - block_expected).abs().max().item<double>(),
+              1e-4 * (1 + block_expected.abs().max().item<double>())) << "dense block, large mean";
   }
   // One value per channel.
   {

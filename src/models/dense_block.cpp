@@ -97,11 +97,14 @@ Bf16* elements<Bf16>(const torch::Tensor& t) {
 template <typename T>
 constexpr torch::ScalarType kScalarType = std::is_same<T, float>::value ? torch::kFloat32 : torch::kBFloat16;
 
-// Over pixels [begin, end): s[j] += sum_p src[p, j], q[j] += sum_p src[p, j]^2 for the
-// c channels of src (row stride `ss`); if dst is set, also dst[p * ds + j] = src[p, j].
+// Over pixels [begin, end): s[j] += sum_p d, q[j] += sum_p d^2 with d = src[p, j] - k[j]
+// for the c channels of src (row stride `ss`); if dst is set, also dst[p * ds + j] =
+// src[p, j]. The shift k (a value of the channel) keeps the sums of squares from
+// cancelling when a channel's mean is large against its spread.
 template <typename T>
 LIONDG_MULTIVERSION void stats_range(const T* __restrict src, int64_t ss, int64_t begin, int64_t end, int64_t c,
-                                     float* __restrict dst, int64_t ds, double* __restrict s, double* __restrict q) {
+                                     const float* __restrict k, float* __restrict dst, int64_t ds,
+                                     double* __restrict s, double* __restrict q) {
   float bs[kMaxFusedChannels], bq[kMaxFusedChannels];
   for (int64_t start = begin; start < end; start += kBlock) {
     const int64_t stop = std::min(end, start + kBlock);
@@ -109,7 +112,7 @@ LIONDG_MULTIVERSION void stats_range(const T* __restrict src, int64_t ss, int64_
     for (int64_t p = start; p < stop; ++p) {
       const T* __restrict row = src + p * ss;
       for (int64_t j = 0; j < c; ++j) {
-        const float v = widen(row[j]);
+        const float v = widen(row[j]) - k[j];
         bs[j] += v;
         bq[j] += v * v;
       }
@@ -371,14 +374,17 @@ template <typename T>
 void channel_stats(const T* src, int64_t ss, int64_t pixels, int64_t c, float* dst, int64_t ds, double eps,
                    int64_t c0, float* mean, float* invstd, float* var_unbiased) {
   std::vector<double> sum(static_cast<size_t>(c)), sq(static_cast<size_t>(c));
+  std::vector<float> shift(static_cast<size_t>(c));  // the first pixel's values
+  for (int64_t j = 0; pixels > 0 && j < c; ++j) shift[static_cast<size_t>(j)] = widen(src[j]);
   parallel_channel_sums(pixels, kGrain, c, sum.data(), sq.data(),
                         [&](int64_t begin, int64_t end, double* s1, double* s2) {
-                          stats_range(src, ss, begin, end, c, dst, ds, s1, s2);
+                          stats_range(src, ss, begin, end, c, shift.data(), dst, ds, s1, s2);
                         });
   for (int64_t j = 0; j < c; ++j) {
-    const double m = sum[static_cast<size_t>(j)] / static_cast<double>(pixels);
-    const double raw = sq[static_cast<size_t>(j)] / static_cast<double>(pixels) - m * m;
+    const double d = sum[static_cast<size_t>(j)] / static_cast<double>(pixels);  // mean - shift
+    const double raw = sq[static_cast<size_t>(j)] / static_cast<double>(pixels) - d * d;
     const double v = raw < 0.0 ? 0.0 : raw;  // rounding below 0 clamped; NaN kept
+    const double m = static_cast<double>(shift[static_cast<size_t>(j)]) + d;
     mean[c0 + j] = static_cast<float>(m);
     invstd[c0 + j] = static_cast<float>(1.0 / std::sqrt(v + eps));
     var_unbiased[c0 + j] = static_cast<float>(pixels > 1 ? v * static_cast<double>(pixels) / (pixels - 1) : v);
