@@ -427,6 +427,10 @@ TEST(Train, FusedDenseNetTakesOnlyTheBatchNormsItImplements) {
       {"the final BatchNorm with momentum None",
        [&](DenseNetDSImpl& m) { norm_of(m, "final_norm")->options.momentum(c10::nullopt); }},
       {"momenta differing within a block", [](DenseNetDSImpl& m) { m.blocks()[2][1]->norm()->options.momentum(0.5); }},
+      {"eps differing within a block", [](DenseNetDSImpl& m) { m.blocks()[0][0]->norm()->options.eps(0.5); }},
+      // Taken by the fused path: the tail has its own eps and momentum.
+      {"a transition's own eps and momentum",
+       [&](DenseNetDSImpl& m) { norm_of(m, "transition1.norm")->options.eps(0.5).momentum(0.7); }},
   };
   DataSource data = testing::tiny_data(/*seed=*/11);
   const torch::Tensor x = normalize(data.train.images.narrow(0, 0, 32), channel_stats(data.train.images));
