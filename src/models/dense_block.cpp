@@ -860,6 +860,7 @@ std::string layers_refusal(const std::vector<DenseLayer>& layers, bool training)
     if (!layer->norm() || layer->kind() != BlockKind::kStandard) return "standard BatchNorm layers only";
     const std::string why = batch_norm_refusal(layer->norm(), training);
     if (!why.empty()) return "layer " + std::to_string(l + 1) + ": " + why;
+    // Layer 1 passed the checks above before any later layer reaches this line.
     const auto& o = layer->norm()->options;
     const auto& first = layers.front()->norm()->options;
     if (training && (o.eps() != first.eps() || *o.momentum() != *first.momentum())) {
@@ -871,6 +872,12 @@ std::string layers_refusal(const std::vector<DenseLayer>& layers, bool training)
   return "";
 }
 
+// Batch statistics need more than one value per channel (as BatchNorm2d in training mode).
+void check_values_per_channel(const char* what, const torch::Tensor& x) {
+  TORCH_CHECK(x.size(0) * x.size(2) * x.size(3) > 1, what,
+              ": expected more than 1 value per channel when training, got input size ", x.sizes());
+}
+
 // The fused block's preconditions; returns the block's total channels.
 int64_t check_fusable(const char* what, const torch::Tensor& x, const std::vector<DenseLayer>& layers,
                       const BlockTail& tail, bool training) {
@@ -880,8 +887,7 @@ int64_t check_fusable(const char* what, const torch::Tensor& x, const std::vecto
   const int64_t total = x.size(1) + static_cast<int64_t>(layers.size()) * layers.front()->conv()->weight.size(0);
   TORCH_CHECK(total <= kMaxFusedChannels, what, ": ", total, " channels exceed ", kMaxFusedChannels);
   TORCH_CHECK(x.scalar_type() == torch::kFloat32 && x.device().is_cpu(), what, ": float32 CPU input expected");
-  TORCH_CHECK(!training || x.size(0) * x.size(2) * x.size(3) > 1, what,
-              ": expected more than 1 value per channel when training, got input size ", x.sizes());
+  if (training) check_values_per_channel(what, x);
   for (const auto& layer : layers) {
     const auto& weight = layer->conv()->weight;
     TORCH_CHECK(weight.size(2) == 3 && weight.size(3) == 3, what, ": 3x3 convolutions expected");
@@ -990,16 +996,10 @@ FusedBlockOutput dense_block_inference(const torch::Tensor& x, const std::vector
   return {f, torch::Tensor(), tail_out};
 }
 
-namespace {
-// What the fused node implements of BatchNorm2d: affine parameters, running statistics
-// updated with a fixed momentum (not the cumulative average of momentum = None).
-bool fused_node_supports(const torch::nn::BatchNormOptions& o) {
-  return o.affine() && o.track_running_stats() && o.momentum().has_value();
-}
-}  // namespace
-
+// The fused node implements what the fused dense block does of a BatchNorm in training
+// mode (batch_norm_refusal): the one rule for both models.
 bool batch_norm_relu_fusable(const torch::nn::BatchNorm2d& norm, const torch::Tensor& x) {
-  return norm && norm->is_training() && fused_node_supports(norm->options) && torch::GradMode::is_enabled() &&
+  return batch_norm_refusal(norm, /*training=*/true).empty() && torch::GradMode::is_enabled() &&
          x.dim() == 4 && x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.size(1) <= kMaxFusedChannels &&
          active_batch_norm_sync() == nullptr;
 }
@@ -1015,12 +1015,11 @@ torch::Tensor batch_norm_relu_fused(const torch::nn::BatchNorm2d& norm, const to
               kMaxFusedChannels);
   TORCH_CHECK(!residual.defined() || residual.sizes() == x.sizes(), "batch_norm_relu_fused: residual ",
               residual.sizes(), " does not match the input ", x.sizes());
-  TORCH_CHECK(x.size(0) * x.size(2) * x.size(3) > 1, "batch_norm_relu_fused: expected more than 1 value per "
-              "channel when training, got input size ", x.sizes());
+  check_values_per_channel("batch_norm_relu_fused", x);
   TORCH_CHECK(norm->is_training(), "batch_norm_relu_fused: the BatchNorm is in eval mode; the fused node "
               "normalizes with batch statistics (training mode) only");
-  TORCH_CHECK(fused_node_supports(norm->options), "batch_norm_relu_fused: a BatchNorm with affine parameters, "
-              "running statistics and a momentum expected, got affine=", norm->options.affine(),
+  TORCH_CHECK(batch_norm_refusal(norm, /*training=*/true).empty(), "batch_norm_relu_fused: a BatchNorm with "
+              "affine parameters, running statistics and a momentum expected, got affine=", norm->options.affine(),
               " track_running_stats=", norm->options.track_running_stats(), " momentum ",
               norm->options.momentum().has_value() ? "set" : "None (cumulative average)");
   norm->num_batches_tracked.add_(1);
